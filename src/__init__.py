@@ -1,0 +1,8 @@
+"""sonoseg: fetal head ultrasound segmentation (Brain, CSP, LV) and biometry."""
+
+import os
+from pathlib import Path
+
+# Configs place data/ and outputs/ under the repository root whatever the working
+# directory (as lightning-hydra-template's rootutils does); a user may point it elsewhere.
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))

@@ -1,0 +1,99 @@
+"""The LightningModule: a thin wrapper that wires a network, a loss and the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from src.metrics import SegmentationMetrics
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains any ``net(x) -> logits (B, C, H, W)`` with any ``loss(logits, target)``.
+
+    Logs ``train/loss``, ``val/loss``, ``{val,test}/dice_<class>``, ``*/dice_mean`` and the
+    IoU counterparts. Per-image test values are kept (with image ids) for ``summary.json``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., object] | None,
+        class_names: Sequence[str],
+        scheduler_monitor: str = "val/dice_mean",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "loss"], logger=False)
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.val_metrics = SegmentationMetrics(list(class_names))
+        self.test_metrics = SegmentationMetrics(list(class_names))
+        self.test_ids: list[str] = []
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+    def _loss_and_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["image"])
+        return self.loss(logits, batch["mask"]), logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss_and_logits(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=len(batch["image"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, logits = self._loss_and_logits(batch)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=False, batch_size=len(batch["image"]))
+        self.val_metrics.update(logits.argmax(dim=1), batch["mask"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_ids.clear()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        loss, logits = self._loss_and_logits(batch)
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["image"]))
+        self.test_metrics.update(logits.argmax(dim=1), batch["mask"])
+        self.test_ids.extend(batch["id"])
+
+    def on_test_epoch_end(self) -> None:
+        # Read by the entry point for summary.json before the states are reset.
+        self.test_summary = {
+            "metrics": {k: float(v) for k, v in self.test_metrics.compute().items()},
+            "per_image": [
+                {"id": image_id, **values}
+                for image_id, values in zip(self.test_ids, self.test_metrics.per_image(),
+                                            strict=True)
+            ],
+        }
+        self._log_metrics("test", self.test_metrics)
+
+    def _log_metrics(self, stage: str, metrics: SegmentationMetrics) -> None:
+        values = metrics.compute()
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "dice_mean", sync_dist=False)
+        metrics.reset()
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": self.scheduler_factory(optimizer=optimizer),
+                "monitor": self.hparams.scheduler_monitor,
+                "interval": "epoch",
+            },
+        }

@@ -1,0 +1,104 @@
+"""Run plumbing shared by the entry points: config tree, instantiation, the task wrapper."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import rich.syntax
+import rich.tree
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import Callback
+from pytorch_lightning.loggers import Logger
+from rich.console import Console
+
+log = logging.getLogger(__name__)
+
+
+def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
+    """Print the resolved config as a tree (one branch per group) and save it beside the run."""
+    tree = rich.tree.Tree("CONFIG", guide_style="dim")
+    for key, value in cfg.items():
+        body = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(str(key)).add(rich.syntax.Syntax(body, "yaml"))
+    Console().print(tree)
+    if save_to is not None:
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        save_to.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def instantiate_list(cfg: DictConfig | None, kind: type) -> list:
+    """Instantiate every ``_target_`` node of a config group (callbacks, loggers)."""
+    objects = []
+    for name, node in (cfg or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise TypeError(f"config node '{name}' must have a _target_, got: {node}")
+        obj = hydra.utils.instantiate(node)
+        if not isinstance(obj, kind):
+            raise TypeError(f"config node '{name}' built a {type(obj).__name__}, expected a {kind.__name__}")
+        objects.append(obj)
+    return objects
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
+    return instantiate_list(cfg, Callback)
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    return instantiate_list(cfg, Logger)
+
+
+def finish_wandb(failed: bool) -> None:
+    """Close a W&B run if one is open, so a failed job never leaves it dangling."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        log.info("Closing the W&B run")
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Run a task; on any failure log it, close W&B and end with the output folder named.
+
+    The error is re-raised as ``SystemExit(1)`` after logging so that the run folder is the
+    last thing a user reads, not the middle of a traceback (the traceback is in the log file).
+    """
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig) -> Any:
+        failed = True
+        try:
+            result = task(cfg)
+            failed = False
+            return result
+        except Exception as error:
+            log.exception("Run failed")
+            log.error(f"{type(error).__name__}: {error}")
+            raise SystemExit(1) from error
+        finally:
+            finish_wandb(failed)
+            log.info(f"Output folder: {cfg.paths.output_dir}")
+
+    return wrapped
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> Path | None:
+    """``None``; a ``.ckpt`` file; a run folder (its ``checkpoints/last.ckpt``); or ``last``
+    for ``output_dir`` (use with ``hydra.run.dir=<run folder>`` to continue in place)."""
+    if ckpt_path is None:
+        return None
+    path = output_dir if str(ckpt_path) == "last" else Path(ckpt_path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path}: no checkpoint at {path} (expected a .ckpt file, a run folder "
+            "holding checkpoints/last.ckpt, or 'last' with hydra.run.dir=<run folder>)"
+        )
+    return path

@@ -32,9 +32,12 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
 
 
 def instantiate_list(cfg: DictConfig | None, kind: type) -> list:
-    """Instantiate every ``_target_`` node of a config group (callbacks, loggers)."""
+    """Instantiate every ``_target_`` node of a config group (callbacks, loggers); a node set
+    to null on the command line (``callbacks.progress_bar=null``) is left out."""
     objects = []
     for name, node in (cfg or {}).items():
+        if node is None:
+            continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise TypeError(f"config node '{name}' must have a _target_, got: {node}")
         obj = hydra.utils.instantiate(node)

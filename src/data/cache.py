@@ -1,0 +1,180 @@
+"""Decoded-image cache: every image and mask of a prepared dir, resized once, as uint8 .npy.
+
+Decoding a 959x661 PNG and resizing it costs far more than a training step's data needs, so
+it is done once per (prepared dir, index.csv content, resolution) and epochs read memory-mapped
+arrays. A prepared dir is never rewritten in place (``prepare_dataset`` refuses to), so the
+index.csv content identifies its images; the cache lives inside it, so moving the prepared dir
+keeps its caches valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Bump when the cached arrays would come out differently from the same inputs.
+CACHE_FORMAT_VERSION = 1
+INDEX_COLUMNS = ("image", "mask", "plane", "subject", "pixel_size_mm", "orig_width", "orig_height")
+IMAGES_FILE = "images.npy"
+MASKS_FILE = "masks.npy"
+IDS_FILE = "ids.json"  # image paths in row order
+
+
+def build_dir_atomically(target: Path, build: Callable[[Path], object]) -> Path:
+    """Run ``build(staging)`` on a fresh path beside ``target``, then rename it into place.
+
+    An interrupted build leaves no half-written ``target``; if another process finished the
+    same target first, its result is kept and ours is discarded.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging_root = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        staging = staging_root / target.name
+        build(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not target.exists():
+                raise
+            log.info("%s was built concurrently by another process; keeping that one", target)
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    return target
+
+
+def read_index(prepared_dir: Path) -> pd.DataFrame:
+    """index.csv of a prepared dir, with string ids kept as strings (subject '010' stays '010')."""
+    index_path = prepared_dir / "index.csv"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{index_path} not found: {prepared_dir} is not a prepared dir")
+    rows = pd.read_csv(
+        index_path,
+        dtype={"image": str, "mask": str, "plane": str, "subject": str},
+        keep_default_na=False,
+        na_values={"pixel_size_mm": [""]},
+    )
+    missing = [c for c in INDEX_COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"{index_path} lacks columns {missing}; expected {list(INDEX_COLUMNS)}")
+    if rows.empty:
+        raise ValueError(f"{index_path} lists no images")
+    duplicated = rows["image"][rows["image"].duplicated()].tolist()
+    if duplicated:
+        raise ValueError(f"{index_path} lists these images more than once: {duplicated[:5]}")
+    return rows
+
+
+def cache_dir_for(prepared_dir: Path, image_size: tuple[int, int]) -> Path:
+    """``<prepared>/cache/<H>x<W>-<hash of format version, resolution and index.csv>``."""
+    height, width = image_size
+    digest = hashlib.sha256(f"v{CACHE_FORMAT_VERSION}:{height}x{width}:".encode())
+    digest.update((prepared_dir / "index.csv").read_bytes())
+    return prepared_dir / "cache" / f"{height}x{width}-{digest.hexdigest()[:12]}"
+
+
+def resize_image(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Area interpolation when shrinking (no aliasing of speckle), linear when enlarging."""
+    height, width = image_size
+    shrinking = height <= image.shape[0] and width <= image.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+def resize_mask(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Nearest neighbour, so a label map stays a label map."""
+    height, width = image_size
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def load_resized(
+    image_path: Path, mask_path: Path, image_size: tuple[int, int], *, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one image (8-bit gray) and its label mask, check them, resize both."""
+    image = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ValueError(f"cannot decode image {image_path}")
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise ValueError(f"cannot decode mask {mask_path}")
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise ValueError(
+            f"mask {mask_path} is {mask.dtype} with shape {mask.shape}; "
+            "expected a single-channel uint8 label map"
+        )
+    if mask.shape != image.shape:
+        raise ValueError(
+            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
+            f"is {image.shape[1]}x{image.shape[0]}"
+        )
+    if mask.max() >= num_classes:
+        raise ValueError(
+            f"mask {mask_path} holds label {mask.max()}; expected labels 0..{num_classes - 1}"
+        )
+    return resize_image(image, image_size), resize_mask(mask, image_size)
+
+
+def _write_arrays(
+    out_dir: Path,
+    prepared_dir: Path,
+    rows: pd.DataFrame,
+    image_size: tuple[int, int],
+    num_classes: int,
+) -> None:
+    out_dir.mkdir()
+    shape = (len(rows), *image_size)
+    images = np.lib.format.open_memmap(out_dir / IMAGES_FILE, "w+", np.uint8, shape)
+    masks = np.lib.format.open_memmap(out_dir / MASKS_FILE, "w+", np.uint8, shape)
+
+    def fill(row: int) -> None:
+        images[row], masks[row] = load_resized(
+            prepared_dir / rows["image"].iat[row],
+            prepared_dir / rows["mask"].iat[row],
+            image_size,
+            num_classes=num_classes,
+        )
+
+    # OpenCV releases the GIL while decoding and resizing, so threads use all cores.
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(fill, range(len(rows))))
+    images.flush()
+    masks.flush()
+    (out_dir / IDS_FILE).write_text(json.dumps(rows["image"].tolist()))
+
+
+def build_cache(prepared_dir: Path, image_size: tuple[int, int], *, num_classes: int) -> Path:
+    """The cache folder for this resolution, built on first use (atomically) and reused after."""
+    prepared_dir = Path(prepared_dir)
+    image_size = (int(image_size[0]), int(image_size[1]))
+    rows = read_index(prepared_dir)
+    target = cache_dir_for(prepared_dir, image_size)
+    if target.is_dir():  # complete: it was renamed into place after the build
+        return target
+    log.info("caching %d images of %s at %dx%d", len(rows), prepared_dir, *image_size)
+    return build_dir_atomically(
+        target, lambda out: _write_arrays(out, prepared_dir, rows, image_size, num_classes)
+    )
+
+
+def open_cache(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read-only memory maps of images and masks (N, H, W) uint8, and the image ids in row order."""
+    ids_path = Path(cache_dir) / IDS_FILE
+    if not ids_path.is_file():
+        raise FileNotFoundError(
+            f"no complete image cache at {cache_dir}; build it with build_cache"
+        )
+    images = np.load(Path(cache_dir) / IMAGES_FILE, mmap_mode="r")
+    masks = np.load(Path(cache_dir) / MASKS_FILE, mmap_mode="r")
+    return images, masks, json.loads(ids_path.read_text())

@@ -1,0 +1,126 @@
+"""Grouped, plane-stratified train/val/test splits and their ``splits.json``.
+
+The same patient appears in several planes, so folds are made over all rows at once with
+subjects as groups (no subject in two splits) and planes as strata (each split keeps the
+plane mix). With ``n_folds`` folds, the test split is fold ``fold``, the validation split is
+fold ``(fold + 1) % n_folds`` and the training split is every other fold; cycling ``fold``
+over ``0..n_folds-1`` therefore tests every image exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Image paths (as in index.csv) per split, and the fold parameters that made them."""
+
+    n_folds: int
+    fold: int
+    seed: int
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def __getitem__(self, split: str) -> tuple[str, ...]:
+        if split not in SPLIT_NAMES:
+            raise KeyError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
+        return getattr(self, split)
+
+    def to_json(self) -> str:
+        record = asdict(self)
+        return json.dumps({k: list(v) if k in SPLIT_NAMES else v for k, v in record.items()})
+
+    def write(self, path: Path) -> None:
+        """Write ``path``; an existing file is left alone if identical, an error otherwise."""
+        path = Path(path)
+        text = self.to_json()
+        if path.exists():
+            if path.read_text() == text:
+                return
+            raise FileExistsError(f"{path} already holds a different split; not overwriting it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def make_splits(rows: pd.DataFrame, *, n_folds: int, fold: int, seed: int) -> Splits:
+    """Split ``rows`` (columns image, plane, subject) with scikit-learn's StratifiedGroupKFold."""
+    if n_folds < 3:
+        raise ValueError(f"n_folds={n_folds}: need at least 3 folds (test, val and train)")
+    if not 0 <= fold < n_folds:
+        raise ValueError(
+            f"fold={fold} is out of range for n_folds={n_folds}: expected 0..{n_folds - 1}"
+        )
+    n_subjects = rows["subject"].nunique()
+    if n_subjects < n_folds:
+        raise ValueError(f"{n_subjects} subjects cannot fill {n_folds} folds")
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold_of_row = np.empty(len(rows), dtype=int)
+    for k, (_, in_fold) in enumerate(
+        folds.split(np.zeros(len(rows)), rows["plane"], groups=rows["subject"])
+    ):
+        fold_of_row[in_fold] = k
+    images = rows["image"].to_numpy()
+    val_fold = (fold + 1) % n_folds
+    return Splits(
+        n_folds=n_folds,
+        fold=fold,
+        seed=seed,
+        train=tuple(images[(fold_of_row != fold) & (fold_of_row != val_fold)]),
+        val=tuple(images[fold_of_row == val_fold]),
+        test=tuple(images[fold_of_row == fold]),
+    )
+
+
+def read_splits(path: Path, known_images: set[str]) -> Splits:
+    """Read a splits.json, checking that its images are known and no image is in two splits."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"splits file {path} not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    expected = ("n_folds", "fold", "seed", *SPLIT_NAMES)
+    missing = [key for key in expected if key not in record]
+    if missing:
+        raise ValueError(f"{path} lacks keys {missing}; expected {list(expected)}")
+    lists = {split: record[split] for split in SPLIT_NAMES}
+    for split, images in lists.items():
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            raise ValueError(f"{path}: {split!r} must be a list of image paths")
+    unknown = sorted({i for images in lists.values() for i in images} - set(known_images))
+    if unknown:
+        raise ValueError(
+            f"{path} names {len(unknown)} images that are not in the dataset's index.csv: "
+            f"{unknown[:5]}"
+        )
+    for split, images in lists.items():
+        repeated = sorted(image for image, count in Counter(images).items() if count > 1)
+        if repeated:
+            raise ValueError(
+                f"{path}: {len(repeated)} images are twice in {split!r}: {repeated[:5]}"
+            )
+    for first, second in combinations(SPLIT_NAMES, 2):
+        shared = sorted(set(lists[first]) & set(lists[second]))
+        if shared:
+            raise ValueError(
+                f"{path}: {len(shared)} images are in both {first!r} and {second!r}: {shared[:5]}"
+            )
+    return Splits(
+        n_folds=int(record["n_folds"]),
+        fold=int(record["fold"]),
+        seed=int(record["seed"]),
+        **{split: tuple(images) for split, images in lists.items()},
+    )

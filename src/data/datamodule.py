@@ -1,0 +1,269 @@
+"""LightningDataModule for the fetal head record: raw record -> prepared dir -> array cache.
+
+Thin on purpose: reading the raw layout is ``fetal_head.prepare_dataset``'s job, decoding and
+resizing ``cache``'s, splitting ``splits``'s; this module only decides where things live and
+wires them to DataLoaders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.cache import build_cache, build_dir_atomically, cache_dir_for, open_cache, read_index
+from src.data.classes import FETAL_HEAD
+from src.data.fetal_head import prepare_dataset
+from src.data.phantom_record import write_phantom_record
+from src.data.splits import SPLIT_NAMES, Splits, make_splits, read_splits
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[..., dict]
+
+
+def to_sample(image: np.ndarray, mask: np.ndarray, image_id: str) -> dict:
+    """uint8 (H, W) image and label map -> the batch item: float [0, 1] (1, H, W), int64 (H, W)."""
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(
+            f"{image_id}: expected a uint8 (H, W) image after the transform, "
+            f"got {image.dtype} {image.shape}"
+        )
+    return {
+        "image": torch.from_numpy(image).unsqueeze(0).float().div_(255.0),
+        "mask": torch.from_numpy(mask.astype(np.int64)),
+        "id": image_id,
+    }
+
+
+class CachedSegmentationDataset(Dataset):
+    """Rows of an array cache, optionally augmented (image and mask together)."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        rows: Sequence[int],
+        ids: Sequence[str],
+        transform: Transform | None = None,
+    ):
+        self.cache_dir = cache_dir
+        self.rows = list(rows)
+        self.ids = list(ids)
+        self.transform = transform
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._opened_in_pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _open_in_this_process(self) -> tuple[np.ndarray, np.ndarray]:
+        """Open the memory maps, and seed the augmentation, once per (worker) process.
+
+        Pickling an open memmap to a worker would copy the whole array, so each process opens
+        its own. Albumentations 2.x draws from a generator of its own that ``seed_everything``
+        does not reach and that forked workers would share, so it is reseeded from torch's
+        per-process seed: reproducible under a fixed seed, different per worker and epoch.
+        """
+        if self._opened_in_pid != os.getpid():
+            images, masks, _ = open_cache(self.cache_dir)
+            self._arrays = (images, masks)
+            self._opened_in_pid = os.getpid()
+            if self.transform is not None:
+                self.transform.set_random_seed(torch.initial_seed() % 2**32)
+        return self._arrays
+
+    def __getitem__(self, i: int) -> dict:
+        images, masks = self._open_in_this_process()
+        image, mask = np.array(images[self.rows[i]]), np.array(masks[self.rows[i]])
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return to_sample(image, mask, self.ids[i])
+
+
+class FetalHeadDataModule(pl.LightningDataModule):
+    """Fetal head segmentation data: batches of ``image`` (B, 1, H, W) float32 in [0, 1],
+    ``mask`` (B, H, W) int64 labels, ``id`` (list of index.csv image paths).
+
+    ``root`` is the record as downloaded. Its prepared copy lives in
+    ``<cache_dir>/<root name>-<hash of the resolved root>`` and is made once. With
+    ``synthetic`` set and ``root`` missing, a phantom record is generated at ``root`` first;
+    a missing ``root`` without ``synthetic`` is an error, never a silent switch to fake data.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        cache_dir: str | Path,
+        image_size: Sequence[int] = (256, 384),
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        n_folds: int = 5,
+        fold: int = 0,
+        seed: int = 0,
+        splits_file: str | Path | None = None,
+        splits_out: str | Path | None = None,
+        train_transform: Transform | None = None,
+        planes: Sequence[str] | None = None,
+        synthetic: Mapping | None = None,
+    ):
+        super().__init__()
+        if len(image_size) != 2:
+            raise ValueError(f"data.image_size must be [height, width], got {list(image_size)}")
+        self.root = Path(root)
+        self.cache_dir = Path(cache_dir)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.n_folds = n_folds
+        self.fold = fold
+        self.seed = seed
+        self.splits_file = Path(splits_file) if splits_file else None
+        self.splits_out = Path(splits_out) if splits_out else None
+        self.train_transform = train_transform
+        self.planes = list(planes) if planes is not None else None
+        self.synthetic = dict(synthetic) if synthetic is not None else None
+        self.splits: Splits | None = None
+        self._rows: pd.DataFrame | None = None
+        self._datasets: dict[str, CachedSegmentationDataset] = {}
+
+    num_classes = FETAL_HEAD.num_classes
+    class_names = FETAL_HEAD.names
+
+    @property
+    def prepared_dir(self) -> Path:
+        """Keyed by the resolved root, so two records with the same folder name do not mix."""
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:10]
+        return self.cache_dir / f"{self.root.name}-{digest}"
+
+    def prepare_data(self) -> None:
+        if not self.root.exists():
+            if self.synthetic is None:
+                raise FileNotFoundError(
+                    f"data root {self.root} does not exist; point data.root at the downloaded "
+                    "record (zips or extracted folders), or use data=phantom for synthetic data"
+                )
+            log.warning(
+                "data root %s does not exist: generating a SYNTHETIC phantom record there (%s). "
+                "Results on it say nothing about real scans.",
+                self.root,
+                self.synthetic,
+            )
+            build_dir_atomically(
+                self.root,
+                lambda out: write_phantom_record(
+                    out,
+                    n_subjects=int(self.synthetic["n_subjects"]),
+                    size=tuple(int(v) for v in self.synthetic["size"]),
+                    seed=int(self.synthetic["seed"]),
+                ),
+            )
+        if not self.prepared_dir.exists():
+            log.info("preparing %s into %s", self.root, self.prepared_dir)
+            prepare_dataset(self.root, self.prepared_dir)  # atomic by itself
+        build_cache(self.prepared_dir, self.image_size, num_classes=self.num_classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._datasets:  # fit then test call setup twice; the split must not change
+            return
+        if self.synthetic is not None:
+            log.warning("data: SYNTHETIC phantom record at %s", self.root)
+        rows = self._selected_rows()
+        if self.splits_file is not None:
+            self.splits = read_splits(self.splits_file, set(rows["image"]))
+            log.info(
+                "reproducing the split of %s (n_folds=%d, fold=%d, seed=%d)",
+                self.splits_file,
+                self.splits.n_folds,
+                self.splits.fold,
+                self.splits.seed,
+            )
+        else:
+            self.splits = make_splits(rows, n_folds=self.n_folds, fold=self.fold, seed=self.seed)
+        unused = len(rows) - sum(len(self.splits[s]) for s in SPLIT_NAMES)
+        if unused:
+            log.warning("%d images of %s are in no split", unused, self.prepared_dir)
+        if self.splits_out is not None:
+            self._write_splits()
+
+        cache_dir = cache_dir_for(self.prepared_dir, self.image_size)
+        _, _, cached_ids = open_cache(cache_dir)
+        row_of = {image: row for row, image in enumerate(cached_ids)}
+        self._rows = rows.set_index("image", drop=False)
+        for split in SPLIT_NAMES:
+            ids = self.splits[split]
+            transform = self.train_transform if split == "train" else None
+            self._datasets[split] = CachedSegmentationDataset(
+                cache_dir, [row_of[i] for i in ids], ids, transform
+            )
+        log.info(
+            "split sizes: %s",
+            {split: len(dataset) for split, dataset in self._datasets.items()},
+        )
+
+    def _selected_rows(self) -> pd.DataFrame:
+        rows = read_index(self.prepared_dir)
+        if self.planes is None:
+            return rows
+        known = sorted(rows["plane"].unique())
+        unknown = sorted(set(self.planes) - set(known))
+        if unknown:
+            raise ValueError(f"data.planes names unknown planes {unknown}; the record has {known}")
+        return rows[rows["plane"].isin(self.planes)].reset_index(drop=True)
+
+    @rank_zero_only
+    def _write_splits(self) -> None:
+        self.splits.write(self.splits_out)
+        log.info("split written to %s", self.splits_out)
+
+    def split_rows(self, split: str) -> pd.DataFrame:
+        """index.csv rows of one split (image, mask, plane, subject, pixel size, original size)."""
+        if self._rows is None:
+            raise RuntimeError("call setup() before asking for split rows")
+        return self._rows.loc[list(self.splits[split])].reset_index(drop=True)
+
+    def test_image_info(self) -> dict[str, dict]:
+        """Per test image id: its index.csv row (JSON-ready, missing pixel size as None)."""
+        rows = self.split_rows("test")
+        return {
+            row["image"]: {
+                key: None if isinstance(value, float) and math.isnan(value) else value
+                for key, value in row.items()
+                if key != "image"
+            }
+            for row in rows.astype(object).to_dict("records")
+        }
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset = self._datasets[split]
+        training = split == "train"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=training,
+            drop_last=training and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

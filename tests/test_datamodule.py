@@ -1,0 +1,231 @@
+"""FetalHeadDataModule: where data comes from, what a batch is, splits, augmentation configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import hydra
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+from test_cache import write_prepared_dir
+from torch.utils.data import RandomSampler, SequentialSampler
+
+from src.data import datamodule as datamodule_module
+from src.data.classes import FETAL_HEAD
+from src.data.datamodule import FetalHeadDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+AUGMENTATIONS = sorted((ROOT / "conf" / "augmentation").glob("*.yaml"))
+# 9 subjects, each with one TT and one TC image: 3 folds of 3 subjects (6 images) each.
+ROWS = [(f"P{i}", plane) for i in range(9) for plane in ("tt", "tc")]
+
+
+def fake_datamodule(tmp_path: Path, **overrides) -> FetalHeadDataModule:
+    """A datamodule whose prepared dir is a fake one, already in its keyed place."""
+    root = tmp_path / "raw"
+    root.mkdir(exist_ok=True)
+    args = dict(root=root, cache_dir=tmp_path / "prepared", image_size=(32, 24), batch_size=4)
+    dm = FetalHeadDataModule(**(args | dict(n_folds=3, fold=0, seed=0) | overrides))
+    if not dm.prepared_dir.exists():
+        write_prepared_dir(dm.prepared_dir, ROWS)
+    return dm
+
+
+def ready(dm: FetalHeadDataModule) -> FetalHeadDataModule:
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def augmentation(name: str):
+    return hydra.utils.instantiate(OmegaConf.load(ROOT / "conf" / "augmentation" / f"{name}.yaml"))
+
+
+def test_a_missing_root_without_synthetic_is_an_error_naming_it(tmp_path):
+    dm = FetalHeadDataModule(root=tmp_path / "no-such-record", cache_dir=tmp_path / "prepared")
+    with pytest.raises(FileNotFoundError, match=r"data root .*no-such-record does not exist"):
+        dm.prepare_data()
+    assert not (tmp_path / "no-such-record").exists()
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_synthetic_root_is_generated_on_first_use_only(tmp_path, monkeypatch, caplog):
+    calls = {"phantom": 0, "prepare": 0}
+    for name in ("write_phantom_record", "prepare_dataset"):
+        real = getattr(datamodule_module, name)
+        key = "phantom" if name == "write_phantom_record" else "prepare"
+
+        def counted(*args, _real=real, _key=key, **kwargs):
+            calls[_key] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(datamodule_module, name, counted)
+    args = dict(
+        root=tmp_path / "phantom",
+        cache_dir=tmp_path / "prepared",
+        image_size=(32, 32),
+        n_folds=3,
+        synthetic={"n_subjects": 6, "size": [64, 48], "seed": 0},
+    )
+    with caplog.at_level("WARNING"):
+        ready(FetalHeadDataModule(**args))
+    assert "SYNTHETIC" in caplog.text
+    assert calls == {"phantom": 1, "prepare": 1}
+    index = pd.read_csv(FetalHeadDataModule(**args).prepared_dir / "index.csv")
+    assert (index["orig_width"] == 64).all() and (index["orig_height"] == 48).all()
+
+    again = ready(FetalHeadDataModule(**args))
+    assert calls == {"phantom": 1, "prepare": 1}  # neither regenerated nor re-prepared
+    assert sum(len(again.splits[s]) for s in ("train", "val", "test")) == len(index)
+
+
+def test_the_prepared_copy_is_keyed_by_the_resolved_root(tmp_path):
+    (tmp_path / "a" / "record").mkdir(parents=True)
+    (tmp_path / "b" / "record").mkdir(parents=True)
+    first = FetalHeadDataModule(root=tmp_path / "a" / "record", cache_dir=tmp_path / "p")
+    second = FetalHeadDataModule(root=tmp_path / "b" / "record", cache_dir=tmp_path / "p")
+    same = FetalHeadDataModule(
+        root=tmp_path / "a" / ".." / "a" / "record", cache_dir=tmp_path / "p"
+    )
+    assert first.prepared_dir.parent == tmp_path / "p"
+    assert first.prepared_dir.name.startswith("record-")
+    assert first.prepared_dir != second.prepared_dir
+    assert first.prepared_dir == same.prepared_dir
+
+
+def test_a_batch_has_the_documented_shapes_and_integer_masks_after_augmentation(tmp_path):
+    dm = ready(fake_datamodule(tmp_path, train_transform=augmentation("strong")))
+    assert dm.num_classes == FETAL_HEAD.num_classes == 4
+    assert dm.class_names == FETAL_HEAD.names
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 1, 32, 24) and batch["image"].dtype == torch.float32
+    assert batch["image"].min() >= 0.0 and batch["image"].max() <= 1.0
+    assert batch["mask"].shape == (4, 32, 24) and batch["mask"].dtype == torch.int64
+    assert set(batch["mask"].unique().tolist()) <= {0, 1, 2, 3}
+    assert len(batch["id"]) == 4 and set(batch["id"]) <= set(dm.splits.train)
+
+
+def test_val_and_test_batches_are_the_cached_arrays_unchanged(tmp_path):
+    dm = ready(fake_datamodule(tmp_path, train_transform=augmentation("strong")))
+    batch = next(iter(dm.test_dataloader()))
+    first = batch["id"][0]
+    image = cv2.imread(str(dm.prepared_dir / first), cv2.IMREAD_GRAYSCALE)
+    expected = cv2.resize(image, (24, 32), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal((batch["image"][0, 0] * 255).round().byte().numpy(), expected)
+    assert list(batch["id"]) == list(dm.splits.test[:4])  # not shuffled
+
+
+def test_loaders_shuffle_only_training_and_drop_last_only_when_it_leaves_a_batch(tmp_path):
+    dm = ready(fake_datamodule(tmp_path, batch_size=4))
+    train, val, test = dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()
+    assert isinstance(train.sampler, RandomSampler) and train.drop_last
+    assert len(dm.splits.train) == 6
+    for loader in (val, test):
+        assert isinstance(loader.sampler, SequentialSampler) and not loader.drop_last
+    big_batches = ready(fake_datamodule(tmp_path, batch_size=6))
+    assert not big_batches.train_dataloader().drop_last  # 6 training images, batch of 6
+
+
+def test_the_same_torch_seed_repeats_the_augmentation(tmp_path):
+    def first_batch() -> torch.Tensor:
+        torch.manual_seed(123)
+        dm = ready(fake_datamodule(tmp_path, train_transform=augmentation("strong")))
+        return next(iter(dm.train_dataloader()))["image"]
+
+    torch.testing.assert_close(first_batch(), first_batch())
+
+
+def test_the_used_split_is_written_and_a_given_one_reproduced(tmp_path):
+    out = tmp_path / "run" / "splits.json"
+    first = ready(fake_datamodule(tmp_path, fold=1, seed=5, splits_out=out))
+    record = json.loads(out.read_text())
+    assert (record["n_folds"], record["fold"], record["seed"]) == (3, 1, 5)
+    assert record["test"] == list(first.splits.test)
+
+    replay_out = tmp_path / "replay" / "splits.json"
+    replay = ready(
+        fake_datamodule(tmp_path, fold=2, seed=9, splits_file=out, splits_out=replay_out)
+    )
+    assert replay.splits == first.splits
+    assert replay_out.read_text() == out.read_text()
+    assert [b["id"] for b in replay.test_dataloader()] == [b["id"] for b in first.test_dataloader()]
+
+
+def test_setup_twice_keeps_the_split_and_a_different_split_is_not_written_over(tmp_path):
+    out = tmp_path / "splits.json"
+    dm = ready(fake_datamodule(tmp_path, splits_out=out))
+    before, written = dm.splits, out.read_text()
+    dm.setup("test")  # Trainer.test after Trainer.fit
+    assert dm.splits is before and out.read_text() == written
+    with pytest.raises(FileExistsError, match="already holds a different split"):
+        ready(fake_datamodule(tmp_path, fold=2, splits_out=out))
+    assert out.read_text() == written
+
+
+def test_a_splits_file_with_unknown_images_is_named(tmp_path):
+    bad = tmp_path / "splits.json"
+    record = {"n_folds": 3, "fold": 0, "seed": 0, "val": [], "test": []}
+    bad.write_text(json.dumps(record | {"train": ["images/x/ghost.png"]}))
+    with pytest.raises(ValueError, match=r"splits.json names 1 images .*ghost.png"):
+        ready(fake_datamodule(tmp_path, splits_file=bad))
+
+
+def test_planes_keep_only_those_rows_and_unknown_planes_are_named(tmp_path):
+    dm = ready(fake_datamodule(tmp_path, planes=["tc"]))
+    for split in ("train", "val", "test"):
+        assert set(dm.split_rows(split)["plane"]) == {"tc"}
+    with pytest.raises(ValueError, match=r"unknown planes \['xx'\]; the record has \['tc', 'tt'\]"):
+        ready(fake_datamodule(tmp_path, planes=["tc", "xx"]))
+
+
+def test_test_rows_carry_what_evaluation_reports(tmp_path):
+    dm = ready(fake_datamodule(tmp_path))
+    rows = dm.split_rows("test")
+    assert rows["image"].tolist() == list(dm.splits.test)
+    info = dm.test_image_info()
+    assert list(info) == list(dm.splits.test)
+    index = pd.read_csv(dm.prepared_dir / "index.csv").set_index("image")
+    for image, fields in info.items():
+        assert fields["subject"] == index.at[image, "subject"]
+        assert fields["orig_width"] == 48 and fields["orig_height"] == 40
+        expected_size = index.at[image, "pixel_size_mm"]
+        assert fields["pixel_size_mm"] == (None if np.isnan(expected_size) else expected_size)
+    json.dumps(info)  # JSON-ready: no NaN, no numpy scalars
+
+
+@pytest.mark.parametrize("path", AUGMENTATIONS, ids=[p.stem for p in AUGMENTATIONS])
+def test_every_augmentation_config_runs_and_keeps_masks_as_label_maps(path):
+    """A disk of label 3 on 0: any interpolation but nearest would create labels 1 and 2."""
+    transform = hydra.utils.instantiate(OmegaConf.load(path))
+    transform.set_random_seed(0)
+    image = np.random.default_rng(0).integers(0, 256, (48, 64), dtype=np.uint8)
+    mask = np.zeros((48, 64), np.uint8)
+    cv2.circle(mask, (32, 24), 15, 3, thickness=-1)
+    for _ in range(20):
+        out = transform(image=image, mask=mask)
+        assert out["image"].shape == (48, 64) and out["image"].dtype == np.uint8
+        assert out["mask"].shape == (48, 64) and out["mask"].dtype == np.uint8
+        assert set(np.unique(out["mask"]).tolist()) <= {0, 3}
+
+
+@pytest.mark.parametrize("data", ["phantom", "fetal_head"])
+def test_the_data_configs_compose(data, tmp_path):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data={data}", f"paths.output_dir={tmp_path}"])
+    if data == "fetal_head":
+        with pytest.raises(MissingMandatoryValue, match="root"):
+            _ = cfg.data.root
+        assert cfg.data.synthetic is None
+        return
+    dm = hydra.utils.instantiate(cfg.data)
+    assert isinstance(dm, FetalHeadDataModule)
+    assert dm.root == Path(cfg.paths.data_dir) / "phantom" and dm.synthetic["n_subjects"] == 60
+    assert dm.splits_out == tmp_path / "splits.json"
+    assert type(dm.train_transform).__name__ == "Compose"

@@ -28,6 +28,13 @@ from torchmetrics import Metric
 from torchmetrics.functional.segmentation import dice_score, mean_iou
 from torchmetrics.utilities import dim_zero_cat
 
+# The empty-class rule in one sentence, recorded in every summary.json.
+EMPTY_MASK_RULE = (
+    "per image and class: absent from both target and prediction -> NaN (null in JSON), left "
+    "out of that class's mean over images; absent from one of them -> 0. Class mean = nanmean "
+    "over images; dice_mean/iou_mean = nanmean over the foreground class means."
+)
+
 
 def per_image_scores(
     preds: torch.Tensor, target: torch.Tensor, num_classes: int

@@ -1,0 +1,504 @@
+"""Reader of the Zenodo 8265464 fetal head record ("raw layout") into a prepared dir.
+
+This is the one module that knows the raw layout: plane zips (nested zips included) or their
+extracted folders, RGB ``SegmentationClass`` masks with per-folder palettes, Pascal VOC
+exports, pixel-size CSVs and the file-name conventions for subjects. Everything downstream
+reads only the prepared dir::
+
+    OUT/images/<plane>/<stem>.png   8-bit grayscale
+    OUT/masks/<plane>/<stem>.png    uint8 labels (src.data.classes.FETAL_HEAD)
+    OUT/index.csv                   image,mask,plane,subject,pixel_size_mm,orig_width,orig_height
+    OUT/prepare_report.json         counts, skipped and ignored files, unmapped pixels, resizes
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import functools
+import io
+import json
+import logging
+import re
+import shutil
+import tempfile
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import cv2
+import numpy as np
+
+from src.data.classes import FETAL_HEAD, PALETTES, RGB
+
+log = logging.getLogger(__name__)
+
+PLANES = ("Trans-thalamic", "Trans-ventricular", "Trans-cerebellum", "Diverse")
+INDEX_COLUMNS = ("image", "mask", "plane", "subject", "pixel_size_mm", "orig_width", "orig_height")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# Below half the smallest distance between two colours of any palette (VOC: 128), so a colour
+# is never within tolerance of two palette colours.
+DEFAULT_COLOUR_TOLERANCE = 48.0
+# Masks whose aspect ratio differs from the image's by less than this (relative) are resized;
+# rounding one side of a 959x661 image to whole pixels changes the ratio by well under 1%.
+ASPECT_TOLERANCE = 0.01
+
+_PLANE_KEYWORDS = {
+    "thalamic": "Trans-thalamic",
+    "ventricular": "Trans-ventricular",
+    "cerebellum": "Trans-cerebellum",
+    "diverse": "Diverse",
+}
+# difflib ratio: accepts "thalmic", "cerebelum", "cerebellar", "ventriclar", "diversed".
+_PLANE_MATCH_CUTOFF = 0.75
+# "orginal-image", "original-size", "Orginal_Size": the original-resolution copies.
+_ORIGINAL_SIZE_COPY = re.compile(r"or[ig]{1,3}n+al[\W_]*(?:images?|size)", re.IGNORECASE)
+_PATIENT_NAME = re.compile(r"(patient\d+)", re.IGNORECASE)
+_HC18_NAME = re.compile(r"(\d+)_\d*HC(?:_|$)", re.IGNORECASE)
+
+IGNORED_ORIGINAL = "original-size copy (not the 959x661 data)"
+IGNORED_OUTSIDE = "outside any plane folder"
+IGNORED_HIDDEN = "hidden or macOS metadata file"
+IGNORED_UNKNOWN = "unrecognised file type"
+
+
+class DatasetLayoutError(ValueError):
+    """RAW does not look like the fetal head record."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One file of RAW; archives are walked as folders (their names keep the .zip)."""
+
+    parts: tuple[str, ...]
+    read: Callable[[], bytes]
+
+    @property
+    def path(self) -> str:
+        return "/".join(self.parts)
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.parts[-1]).stem
+
+
+@dataclass(frozen=True)
+class _Role:
+    kind: str  # image | mask_rgb | mask_voc | pixel_csv | archive | ignored
+    plane: str | None = None
+    reason: str | None = None  # why ignored
+    where: str | None = None  # the ignored folder or archive, for the report
+
+
+def _ignored(parts: tuple[str, ...], reason: str, depth: int | None = None) -> _Role:
+    """Ignore a file; report it under its first ``depth`` parts (default: its folder, or the
+    archive itself, as unopened archives are one file)."""
+    if depth is None:
+        depth = len(parts) if parts[-1].lower().endswith(".zip") else len(parts) - 1
+    return _Role("ignored", reason=reason, where="/".join(parts[:depth]) or ".")
+
+
+@dataclass
+class _Report:
+    """Accumulates everything the run must tell the user; serialised as prepare_report.json."""
+
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    ignored: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    unmapped_pixels: dict[str, int] = field(default_factory=dict)
+    resized_masks: list[dict[str, Any]] = field(default_factory=list)
+    names_without_subject: list[str] = field(default_factory=list)
+
+    def skip(self, path: str, reason: str) -> None:
+        log.warning("skipped %s: %s", path, reason)
+        self.skipped.append({"file": path, "reason": reason})
+
+    def ignore(self, role: _Role) -> None:
+        self.ignored[role.reason][role.where] += 1
+
+
+# ---------------------------------------------------------------------------- names
+
+
+def _words(name: str) -> list[str]:
+    """Lower-case words of a file or folder name; CamelCase and separators both split."""
+    return re.findall(r"[a-z]+|\d+", re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower())
+
+
+@functools.cache
+def plane_of_name(name: str) -> str | None:
+    """The plane a folder/zip/file name refers to, tolerant of case and misspellings."""
+    words = _words(name)
+    # The diverse folder's exports are named after its test split: Test-Dataset-Segmentation.
+    if any(a == "test" and b == "dataset" for a, b in zip(words, words[1:], strict=False)):
+        return "Diverse"
+    for word in words:
+        # "TransThalamic" splits, "transthalamic" does not.
+        word = word.removeprefix("trans") if len(word) > len("trans") + 3 else word
+        match = difflib.get_close_matches(word, _PLANE_KEYWORDS, n=1, cutoff=_PLANE_MATCH_CUTOFF)
+        if match:
+            return _PLANE_KEYWORDS[match[0]]
+    return None
+
+
+def subject_of_stem(stem: str) -> str | None:
+    """``PatientNNNNN`` for Trans-* names, the leading number for HC18 names (``010_2HC``)."""
+    if match := _PATIENT_NAME.match(stem):
+        return match.group(1)
+    if match := _HC18_NAME.match(stem):
+        return match.group(1)
+    return None
+
+
+def _annotation_format(parts: tuple[str, ...]) -> str | None:
+    """Name of an annotation export we recognise but do not use (their PNGs are no images)."""
+    lowered = [p.lower() for p in parts]
+    name = lowered[-1]
+    if any("city" in p or "gtfine" in p for p in lowered):
+        return "Cityscapes"
+    if any("yolo" in p or p == "obj_train_data" for p in lowered) or name in (
+        "obj.names",
+        "obj.data",
+    ):
+        return "YOLO"
+    voc_extras = ("imagesets", "segmentationobject")
+    if name == "labelmap.txt" or name.endswith(".xml") or any(p in voc_extras for p in lowered):
+        return "Pascal VOC (SegmentationObject, ImageSets, XML)"
+    if any("coco" in p or p == "annotations" for p in lowered) or name.endswith(".json"):
+        return "COCO"
+    return None
+
+
+@functools.cache
+def _classify(parts: tuple[str, ...]) -> _Role:
+    name = parts[-1]
+    if any(p.startswith("__MACOSX") for p in parts) or name.startswith("."):
+        return _ignored(parts, IGNORED_HIDDEN)
+    copy = next((i for i, p in enumerate(parts) if _ORIGINAL_SIZE_COPY.search(p)), None)
+    if copy is not None:
+        return _ignored(parts, IGNORED_ORIGINAL, depth=copy + 1)
+    plane = next((p for p in map(plane_of_name, parts) if p is not None), None)
+    if plane is None:
+        return _ignored(parts, IGNORED_OUTSIDE)
+    if fmt := _annotation_format(parts):
+        return _ignored(parts, f"{fmt} annotation export (not used)")
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix == ".zip":
+        return _Role("archive", plane)
+    if suffix == ".csv" and {"pixel", "size"} <= set(_words(name)):
+        return _Role("pixel_csv", plane)
+    if suffix not in IMAGE_SUFFIXES:
+        return _ignored(parts, IGNORED_UNKNOWN)
+    if any(p.lower() == "segmentationclass" for p in parts):
+        is_voc = any({"pascal", "voc"} & set(_words(p)) for p in parts)
+        return _Role("mask_voc" if is_voc else "mask_rgb", plane)
+    return _Role("image", plane)
+
+
+# ---------------------------------------------------------------------------- walking RAW
+
+
+def _walk_zip(archive: zipfile.ZipFile, prefix: tuple[str, ...]) -> Iterator[_Entry]:
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        parts = prefix + tuple(p for p in info.filename.replace("\\", "/").split("/") if p)
+        entry = _Entry(parts, functools.partial(archive.read, info))
+        if _classify(parts).kind == "archive":
+            # Nested zips are small enough to open in memory (the record's biggest is ~100 MB).
+            yield from _walk_zip(zipfile.ZipFile(io.BytesIO(entry.read())), parts)
+        else:
+            yield entry
+
+
+def _walk(raw_dir: Path, stack: ExitStack) -> Iterator[_Entry]:
+    """Every file under RAW, descending into (nested) zips unless they are to be ignored."""
+    for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
+        parts = path.relative_to(raw_dir).parts
+        if _classify(parts).kind == "archive":
+            yield from _walk_zip(stack.enter_context(zipfile.ZipFile(path)), parts)
+        else:
+            yield _Entry(parts, path.read_bytes)
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def read_pixel_sizes(data: bytes, source: str) -> dict[str, float]:
+    """Pixel size (mm) per image stem from a ``Label,Pixel in mm`` CSV (any spacing)."""
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    header = [" ".join(cell.split()).lower() for cell in rows[0]] if rows else []
+    if header[:2] != ["label", "pixel in mm"]:
+        raise ValueError(f"{source}: expected header 'Label,Pixel in mm', found {rows[:1]}")
+    sizes = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        try:
+            sizes[PurePosixPath(row[0].strip()).stem] = float(row[1])
+        except (IndexError, ValueError):
+            raise ValueError(f"{source}:{line}: expected 'name,millimetres', found {row}") from None
+    return sizes
+
+
+def map_colours(
+    rgb: np.ndarray, palette: dict[RGB, int], tolerance: float
+) -> tuple[np.ndarray, int]:
+    """Labels of an RGB mask by nearest palette colour; farther than ``tolerance`` -> 0.
+
+    Returns the labels and the number of pixels that could not be mapped (left background).
+    """
+    codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    labels = np.zeros(codes.shape, np.uint8)
+    exact = np.zeros(codes.shape, bool)
+    # Exact colours first: a clean mask needs four comparisons, not a sort of every pixel.
+    for (r, g, b), label in palette.items():
+        hit = codes == (r << 16 | g << 8 | b)
+        labels[hit] = label
+        exact |= hit
+    if exact.all():
+        return labels, 0
+    odd_codes, inverse = np.unique(codes[~exact], return_inverse=True)
+    odd_rgb = np.stack([odd_codes >> 16, (odd_codes >> 8) & 255, odd_codes & 255], axis=1)
+    palette_rgb = np.array(list(palette), np.float64)
+    distance = np.linalg.norm(odd_rgb[:, None, :] - palette_rgb[None], axis=2)
+    within = distance.min(axis=1) <= tolerance
+    odd_labels = np.where(within, np.array(list(palette.values()))[distance.argmin(axis=1)], 0)
+    labels[~exact] = odd_labels[inverse]
+    return labels, int((~within[inverse]).sum())
+
+
+def _decode(data: bytes, flags: int) -> np.ndarray | None:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG")
+    path.write_bytes(encoded.tobytes())
+
+
+def _same_aspect(mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> bool:
+    (mh, mw), (ih, iw) = mask_hw, image_hw
+    return abs(mw / mh - iw / ih) <= ASPECT_TOLERANCE * iw / ih
+
+
+# ---------------------------------------------------------------------------- prepare
+
+
+def _collect(entries: Iterator[_Entry], report: _Report):
+    """Sort RAW's files by role; nothing is decoded here."""
+    images: dict[tuple[str, str], _Entry] = {}
+    masks: dict[tuple[str, str], dict[str, _Entry]] = defaultdict(dict)
+    pixel_sizes: dict[tuple[str, str], float] = {}
+    for entry in entries:
+        role = _classify(entry.parts)
+        if role.kind == "ignored":
+            report.ignore(role)
+            continue
+        if role.kind == "pixel_csv":
+            try:
+                sizes = read_pixel_sizes(entry.read(), entry.path)
+            except (ValueError, UnicodeDecodeError) as error:
+                report.skip(entry.path, f"unreadable pixel-size CSV: {error}")
+                continue
+            pixel_sizes.update({(role.plane, stem): size for stem, size in sizes.items()})
+            continue
+        key = (role.plane, entry.stem)
+        slot = images if role.kind == "image" else masks[key]
+        slot_key = key if role.kind == "image" else role.kind
+        if slot_key in slot:
+            report.skip(entry.path, f"duplicate of {slot[slot_key].path}")
+        else:
+            slot[slot_key] = entry
+    return images, masks, pixel_sizes
+
+
+def _not_this_dataset(raw_dir: Path, report: _Report) -> DatasetLayoutError:
+    found = sorted(p.name for p in raw_dir.iterdir())
+    ignored = {reason: sum(c.values()) for reason, c in report.ignored.items()}
+    return DatasetLayoutError(
+        f"{raw_dir} does not look like the fetal head record (Zenodo 8265464): expected zips or "
+        f"folders named like {', '.join(PLANES[:3])}, 'Diverse Fetal Head Images' holding "
+        f"images and SegmentationClass masks; found {found[:12]}"
+        f"{' ...' if len(found) > 12 else ''} with no image in a plane folder "
+        f"(files ignored: {ignored or 'none'})"
+    )
+
+
+def _check_destination(raw_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"raw_dir {raw_dir} is not a folder (expected the record's zips)")
+    if out_dir.resolve().is_relative_to(raw_dir.resolve()):
+        raise ValueError(f"out_dir {out_dir} lies inside raw_dir {raw_dir}; choose another place")
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=true to replace it")
+
+
+def _replace(out_dir: Path, staging: Path) -> None:
+    """Swap the finished staging folder in; the old OUT is deleted only after the swap."""
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    retired = staging.with_name(staging.name + ".old")
+    out_dir.rename(retired)
+    staging.rename(out_dir)
+    shutil.rmtree(retired)
+
+
+def prepare_dataset(
+    raw_dir: Path,
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    colour_tolerance: float = DEFAULT_COLOUR_TOLERANCE,
+) -> dict[str, Any]:
+    """Read the raw record under ``raw_dir`` into the prepared dir ``out_dir``; return the report.
+
+    Written into a temporary sibling folder and renamed at the end, so an interrupted run
+    leaves no half ``out_dir``; an existing ``out_dir`` is replaced only with ``overwrite``.
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    _check_destination(raw_dir, out_dir, overwrite)
+    report = _Report()
+    with ExitStack() as stack:
+        images, masks, pixel_sizes = _collect(_walk(raw_dir, stack), report)
+        if not images:
+            raise _not_this_dataset(raw_dir, report)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+        try:
+            rows = _convert(images, masks, pixel_sizes, staging, colour_tolerance, report)
+            if not rows:
+                raise DatasetLayoutError(
+                    f"{raw_dir}: no image could be paired with a readable mask; "
+                    f"skipped: {Counter(s['reason'].split(':')[0] for s in report.skipped)}"
+                )
+            summary = _summarise(raw_dir, rows, report)
+            _write_index(staging / "index.csv", rows)
+            (staging / "prepare_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+            _replace(out_dir, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info(
+        "prepared %d images into %s (%d skipped, %d unmapped pixels, %d masks resized)",
+        len(rows),
+        out_dir,
+        len(report.skipped),
+        sum(report.unmapped_pixels.values()),
+        len(report.resized_masks),
+    )
+    return summary
+
+
+def _convert(images, masks, pixel_sizes, staging: Path, tolerance: float, report: _Report):
+    """Decode each paired image and mask once, write them; return the index rows."""
+    for plane in PLANES:
+        (staging / "images" / plane).mkdir(parents=True)
+        (staging / "masks" / plane).mkdir(parents=True)
+    for key in sorted(set(masks) - set(images)):
+        for source in masks[key].values():
+            report.skip(source.path, "mask without image")
+    rows = []
+    for plane, stem in sorted(images, key=lambda k: (PLANES.index(k[0]), k[1])):
+        image_entry = images[(plane, stem)]
+        sources = masks.get((plane, stem), {})
+        # The RGB SegmentationClass export is the reference; Pascal VOC only when it is alone.
+        mask_kind = "mask_rgb" if "mask_rgb" in sources else "mask_voc"
+        if mask_kind not in sources:
+            report.skip(image_entry.path, "image without mask")
+            continue
+        mask_entry = sources[mask_kind]
+        image = _decode(image_entry.read(), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            report.skip(image_entry.path, "unreadable image")
+            continue
+        bgr = _decode(mask_entry.read(), cv2.IMREAD_COLOR)
+        if bgr is None:
+            report.skip(mask_entry.path, "unreadable mask")
+            continue
+        palette = (
+            "voc" if mask_kind == "mask_voc" else ("diverse" if plane == "Diverse" else "trans")
+        )
+        labels, unmapped = map_colours(bgr[..., ::-1], PALETTES[palette], tolerance)
+        if unmapped:
+            report.unmapped_pixels[mask_entry.path] = unmapped
+        if labels.shape != image.shape:
+            (mh, mw), (ih, iw) = labels.shape, image.shape
+            if not _same_aspect(labels.shape, image.shape):
+                report.skip(
+                    mask_entry.path, f"mask {mw}x{mh} has another aspect than image {iw}x{ih}"
+                )
+                continue
+            labels = cv2.resize(labels, (iw, ih), interpolation=cv2.INTER_NEAREST_EXACT)
+            report.resized_masks.append({"mask": mask_entry.path, "from": [mw, mh], "to": [iw, ih]})
+        subject = subject_of_stem(stem)
+        if subject is None:
+            report.names_without_subject.append(image_entry.path)
+        row = {
+            "image": f"images/{plane}/{stem}.png",
+            "mask": f"masks/{plane}/{stem}.png",
+            "plane": plane,
+            "subject": subject or stem,
+            "pixel_size_mm": pixel_sizes.get((plane, stem), ""),
+            "orig_width": image.shape[1],
+            "orig_height": image.shape[0],
+            "mask_source": "voc" if mask_kind == "mask_voc" else "rgb",
+            "class_pixels": np.bincount(labels.ravel(), minlength=FETAL_HEAD.num_classes),
+        }
+        _write_png(staging / row["image"], image)
+        _write_png(staging / row["mask"], labels)
+        rows.append(row)
+        if len(rows) % 500 == 0:
+            log.info("prepared %d of %d images", len(rows), len(images))
+    return rows
+
+
+def _write_index(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _summarise(raw_dir: Path, rows: list[dict[str, Any]], report: _Report) -> dict[str, Any]:
+    per_plane = {}
+    for plane in PLANES:
+        plane_rows = [r for r in rows if r["plane"] == plane]
+        pixels = sum((r["class_pixels"] for r in plane_rows), np.zeros(FETAL_HEAD.num_classes))
+        per_plane[plane] = {
+            "images": len(plane_rows),
+            "subjects": len({r["subject"] for r in plane_rows}),
+            "mask_sources": dict(Counter(r["mask_source"] for r in plane_rows)),
+            "without_pixel_size": sum(r["pixel_size_mm"] == "" for r in plane_rows),
+            "images_with_class": {
+                name: sum(int(r["class_pixels"][label] > 0) for r in plane_rows)
+                for label, name in enumerate(FETAL_HEAD.names)
+            },
+            "class_pixels": {
+                name: int(pixels[label]) for label, name in enumerate(FETAL_HEAD.names)
+            },
+        }
+    return {
+        "raw_dir": str(raw_dir),
+        "images": len(rows),
+        "subjects": len({r["subject"] for r in rows}),
+        "planes_missing": [p for p in PLANES if not per_plane[p]["images"]],
+        "per_plane": per_plane,
+        "skipped": report.skipped,
+        "ignored": {
+            reason: {"files": sum(folders.values()), "folders": sorted(folders)}
+            for reason, folders in sorted(report.ignored.items())
+        },
+        "unmapped_pixels": {
+            "total": sum(report.unmapped_pixels.values()),
+            "per_mask": report.unmapped_pixels,
+        },
+        "resized_masks": report.resized_masks,
+        "names_without_subject": report.names_without_subject,
+    }

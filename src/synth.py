@@ -1,0 +1,23 @@
+"""Entry point: write a phantom record in the raw layout (see src.data.phantom_record)."""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from src.data.phantom_record import write_phantom_record
+
+
+@hydra.main(config_path="../conf", config_name="synth", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    write_phantom_record(
+        Path(cfg.out_dir),
+        n_subjects=cfg.n_subjects,
+        size=tuple(cfg.size),
+        seed=cfg.seed,
+        workers=cfg.workers,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""prepare_dataset against the phantom's generating truth and against hand-made bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from src.data import fetal_head
+from src.data.classes import PALETTES
+from src.data.fetal_head import (
+    INDEX_COLUMNS,
+    PLANES,
+    DatasetLayoutError,
+    map_colours,
+    plane_of_name,
+    prepare_dataset,
+    read_pixel_sizes,
+    subject_of_stem,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RED, GREEN, BLUE, YELLOW, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 0, 0)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_png(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def truth_by_stem(phantom_raw: Path) -> dict[str, dict[str, str]]:
+    return {row["stem"]: row for row in read_csv(phantom_raw / "phantom_truth" / "heads.csv")}
+
+
+def index_by_stem(prepared_dir: Path) -> dict[str, dict[str, str]]:
+    return {Path(row["image"]).stem: row for row in read_csv(prepared_dir / "index.csv")}
+
+
+# ------------------------------------------------------------------ the phantom record
+
+
+def test_prepare_reproduces_the_generating_labels_exactly(phantom_raw, prepared_dir):
+    truth, index = truth_by_stem(phantom_raw), index_by_stem(prepared_dir)
+    assert sorted(index) == sorted(truth)
+    classes_seen = {plane: set() for plane in PLANES}
+    for stem, row in index.items():
+        mask = read_png(prepared_dir / row["mask"])
+        expected = read_png(phantom_raw / "phantom_truth" / "labels" / f"{stem}.png")
+        assert mask.dtype == np.uint8 and mask.ndim == 2
+        np.testing.assert_array_equal(mask, expected, err_msg=stem)
+        image = read_png(prepared_dir / row["image"])
+        assert image.dtype == np.uint8 and image.shape == expected.shape
+        assert (int(row["orig_width"]), int(row["orig_height"])) == (96, 66)
+        assert row["plane"] == truth[stem]["plane"]
+        assert row["image"] == f"images/{row['plane']}/{stem}.png"
+        assert row["mask"] == f"masks/{row['plane']}/{stem}.png"
+        classes_seen[row["plane"]] |= set(np.unique(mask).tolist())
+    # Every route (green CSP, yellow CSP, nested zip, VOC-only extracted folder) carried
+    # every class, so the equality above covered all of them.
+    assert classes_seen == {plane: {0, 1, 2, 3} for plane in PLANES}
+
+
+def test_prepared_images_are_the_raw_pixels(phantom_raw, prepared_dir):
+    index = index_by_stem(prepared_dir)
+    with zipfile.ZipFile(phantom_raw / "Trans-thalamic.zip") as archive:
+        for stem in (s for s, row in index.items() if row["plane"] == "Trans-thalamic"):
+            data = archive.read(f"Trans-thalamic/Trans-thalamic/{stem}.png")
+            raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(read_png(prepared_dir / index[stem]["image"]), raw)
+    extracted = phantom_raw / "Trans-cerebellum" / "Trans-cerebellum"
+    cerebellum = [s for s, row in index.items() if row["plane"] == "Trans-cerebellum"]
+    assert cerebellum
+    for stem in cerebellum:
+        raw = read_png(extracted / f"{stem}.png")
+        np.testing.assert_array_equal(read_png(prepared_dir / index[stem]["image"]), raw)
+
+
+def test_report_counts_sources_and_ignored_exports(phantom_raw, prepared_dir):
+    report = json.loads((prepared_dir / "prepare_report.json").read_text())
+    truth = truth_by_stem(phantom_raw)
+    per_plane = {p: sum(row["plane"] == p for row in truth.values()) for p in PLANES}
+    assert report["images"] == len(truth)
+    assert {p: report["per_plane"][p]["images"] for p in PLANES} == per_plane
+    # Trans-thalamic has both exports: the RGB one wins; Trans-cerebellum has only VOC.
+    sources = {p: report["per_plane"][p]["mask_sources"] for p in PLANES}
+    assert sources["Trans-cerebellum"] == {"voc": per_plane["Trans-cerebellum"]}
+    for plane in ("Trans-thalamic", "Trans-ventricular", "Diverse"):
+        assert sources[plane] == {"rgb": per_plane[plane]}
+    for plane in PLANES:
+        masks = [read_png(phantom_raw / "phantom_truth" / "labels" / f"{s}.png") for s in truth]
+        masks = [m for m, row in zip(masks, truth.values(), strict=True) if row["plane"] == plane]
+        with_csp = sum(bool((m == 2).any()) for m in masks)
+        assert report["per_plane"][plane]["images_with_class"]["csp"] == with_csp
+    assert report["skipped"] == []
+    assert report["unmapped_pixels"]["total"] == 0
+    assert report["resized_masks"] == []
+    ignored = report["ignored"]
+    originals = ignored["original-size copy (not the 959x661 data)"]["folders"]
+    assert "Trans-thalamic-orginal-size" in originals
+    assert "Diverse Fetal Head Images-orginal-image.zip" in originals
+    exports = {reason.split()[0] for reason in ignored if "annotation export" in reason}
+    assert exports == {"Cityscapes", "YOLO", "COCO", "Pascal"}
+    assert ignored["outside any plane folder"]["folders"] == [
+        "phantom_truth",
+        "phantom_truth/labels",
+    ]
+
+
+def test_subjects_group_patients_across_planes_and_hc18_numbers(phantom_raw, prepared_dir):
+    truth, index = truth_by_stem(phantom_raw), index_by_stem(prepared_dir)
+    assert {s: row["subject"] for s, row in index.items()} == {
+        s: row["subject"] for s, row in truth.items()
+    }
+    planes_of = {}
+    for row in index.values():
+        planes_of.setdefault(row["subject"], set()).add(row["plane"])
+    assert planes_of["Patient00001"] == set(PLANES[:3])
+    assert index["001_HC"]["subject"] == index["001_2HC"]["subject"] == "001"
+
+
+@pytest.mark.parametrize(
+    ("stem", "subject"),
+    [
+        ("Patient00168_Plane3_3_of_3", "Patient00168"),
+        ("patient00007_Plane1_1_of_2", "patient00007"),
+        ("010_HC", "010"),
+        ("010_2HC", "010"),
+        ("123_3HC", "123"),
+        ("holiday", None),
+        ("HC_010", None),
+    ],
+)
+def test_subject_of_stem(stem, subject):
+    assert subject_of_stem(stem) == subject
+
+
+def test_pixel_sizes_read_with_both_header_spellings(phantom_raw, prepared_dir):
+    with zipfile.ZipFile(phantom_raw / "Trans-thalamic.zip") as thalamic:
+        header = thalamic.read("Trans-thalamic/Trans-Thalamic-Pixel-Size.csv").splitlines()[0]
+        assert header == b"Label,Pixel in mm"
+    with zipfile.ZipFile(phantom_raw / "Trans-ventricular.zip") as ventricular:
+        header = ventricular.read("Trans-ventricular/Trans-ventricular-Pixel-Size.csv")
+        assert header.splitlines()[0] == b"Label,Pixel  in mm"
+    truth, index = truth_by_stem(phantom_raw), index_by_stem(prepared_dir)
+    for stem, row in index.items():
+        if row["plane"] == "Diverse":
+            assert row["pixel_size_mm"] == ""
+        else:
+            assert float(row["pixel_size_mm"]) == float(truth[stem]["pixel_size_mm"])
+    planes_with_sizes = {row["plane"] for row in index.values() if row["pixel_size_mm"]}
+    assert planes_with_sizes == set(PLANES[:3])
+
+
+def test_read_pixel_sizes_accepts_bom_and_spacing_and_names_a_bad_file():
+    data = "\ufeffLabel, Pixel  in mm\r\nPatient00168_Plane3_3_of_3.png,0.114285714\r\n\r\n"
+    assert read_pixel_sizes(data.encode(), "x.csv") == {"Patient00168_Plane3_3_of_3": 0.114285714}
+    with pytest.raises(ValueError, match=r"sizes\.csv: expected header 'Label,Pixel in mm'"):
+        read_pixel_sizes(b"name,mm\na.png,0.1\n", "sizes.csv")
+    with pytest.raises(ValueError, match=r"sizes\.csv:3: expected 'name,millimetres'"):
+        read_pixel_sizes(b"Label,Pixel in mm\na.png,0.1\nb.png,n/a\n", "sizes.csv")
+
+
+@pytest.mark.parametrize(
+    ("name", "plane"),
+    [
+        ("Trans-thalamic.zip", "Trans-thalamic"),
+        ("TRANS-THALAMIC", "Trans-thalamic"),
+        ("Trans-Thalamic-Pixel-Size.csv", "Trans-thalamic"),
+        ("Trans-thalmic-Segmentation", "Trans-thalamic"),
+        ("TransThalamic", "Trans-thalamic"),
+        ("transventriculer", "Trans-ventricular"),
+        ("Trans_Cerebelum", "Trans-cerebellum"),
+        ("Trans-cerebellar-PASCAL", "Trans-cerebellum"),
+        ("Diverse Fetal Head Images", "Diverse"),
+        ("Test-Dataset-Segmentation", "Diverse"),
+        ("Orginal_train_images_to_959_661", None),
+        ("SegmentationClass", None),
+        ("phantom_truth", None),
+        ("Patient00168_Plane3_3_of_3.png", None),
+    ],
+)
+def test_plane_names_match_case_insensitively_and_fuzzily(name, plane):
+    assert plane_of_name(name) == plane
+
+
+# ------------------------------------------------------------------ hand-made bad input
+
+LABELS = np.array(  # 12x8, the record's aspect (about 1.45), every class
+    [[0] * 12, [0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]]
+    + [[0, 1, 2, 2, 1, 1, 1, 3, 3, 3, 1, 0]] * 4
+    + [[0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0], [0] * 12],
+    np.uint8,
+)
+TRANS_COLOURS = np.array([BLACK, RED, GREEN, BLUE], np.uint8)
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """Grayscale, or RGB written as RGB (cv2 wants BGR)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array[..., ::-1] if array.ndim == 3 else array)
+
+
+def write_pair(raw: Path, stem: str, *, mask_rgb: np.ndarray | None = None, image=True) -> None:
+    """One Trans-thalamic image and its RGB mask, as an extracted plane folder."""
+    if image:
+        write_png(raw / "Trans-thalamic" / "Trans-thalamic" / f"{stem}.png", LABELS * 60)
+    if mask_rgb is not None:
+        write_png(
+            raw / "Trans-thalamic-Segmentation" / "SegmentationClass" / f"{stem}.png", mask_rgb
+        )
+
+
+@pytest.fixture
+def small_raw(tmp_path) -> Path:
+    raw = tmp_path / "raw"
+    write_pair(raw, "Patient00001_Plane1_1_of_1", mask_rgb=TRANS_COLOURS[LABELS])
+    return raw
+
+
+def test_bad_files_are_listed_in_the_report_and_skipped(small_raw, tmp_path):
+    bad_image = small_raw / "Trans-thalamic" / "Trans-thalamic" / "Patient00002_Plane1_1_of_1.png"
+    write_pair(small_raw, "Patient00002_Plane1_1_of_1", mask_rgb=TRANS_COLOURS[LABELS])
+    bad_image.write_bytes(b"not a png")
+    write_pair(small_raw, "Patient00003_Plane1_1_of_1")  # no mask
+    write_pair(small_raw, "Patient00004_Plane1_1_of_1", mask_rgb=TRANS_COLOURS[LABELS], image=False)
+    square = np.zeros((12, 12, 3), np.uint8)
+    write_pair(small_raw, "Patient00005_Plane1_1_of_1", mask_rgb=square)  # other aspect
+    report = prepare_dataset(small_raw, tmp_path / "out")
+    masks = "Trans-thalamic-Segmentation/SegmentationClass"
+    assert {s["file"]: s["reason"] for s in report["skipped"]} == {
+        "Trans-thalamic/Trans-thalamic/Patient00002_Plane1_1_of_1.png": "unreadable image",
+        "Trans-thalamic/Trans-thalamic/Patient00003_Plane1_1_of_1.png": "image without mask",
+        f"{masks}/Patient00004_Plane1_1_of_1.png": "mask without image",
+        f"{masks}/Patient00005_Plane1_1_of_1.png": "mask 12x12 has another aspect than image 12x8",
+    }
+    index = read_csv(tmp_path / "out" / "index.csv")
+    assert [row["subject"] for row in index] == ["Patient00001"]
+    assert list(index[0]) == list(INDEX_COLUMNS)
+    assert sorted(p.name for p in (tmp_path / "out" / "masks" / "Trans-thalamic").iterdir()) == [
+        "Patient00001_Plane1_1_of_1.png"
+    ]
+
+
+def test_a_mask_of_the_same_aspect_is_resized_nearest_and_reported(small_raw, tmp_path):
+    doubled = np.repeat(np.repeat(TRANS_COLOURS[LABELS], 2, axis=0), 2, axis=1)  # 24x16
+    write_pair(small_raw, "Patient00002_Plane1_1_of_1", mask_rgb=doubled)
+    report = prepare_dataset(small_raw, tmp_path / "out")
+    mask = read_png(
+        tmp_path / "out" / "masks" / "Trans-thalamic" / "Patient00002_Plane1_1_of_1.png"
+    )
+    np.testing.assert_array_equal(mask, LABELS)
+    assert report["resized_masks"] == [
+        {
+            "mask": "Trans-thalamic-Segmentation/SegmentationClass/Patient00002_Plane1_1_of_1.png",
+            "from": [24, 16],
+            "to": [12, 8],
+        }
+    ]
+    assert report["skipped"] == []
+
+
+def test_anti_aliased_colours_are_mapped_and_far_ones_counted(small_raw, tmp_path):
+    mask_rgb = TRANS_COLOURS[LABELS]
+    mask_rgb[1, 1] = (250, 4, 4)  # brain, a little off
+    mask_rgb[2, 2] = (20, 235, 10)  # CSP, distance 30 from green
+    mask_rgb[2, 7] = (128, 128, 0)  # halfway red/green: unmapped -> background
+    mask_rgb[3, 7] = YELLOW  # the diverse folder's CSP colour has no meaning in Trans-*
+    write_pair(small_raw, "Patient00001_Plane1_1_of_1", mask_rgb=mask_rgb)
+    report = prepare_dataset(small_raw, tmp_path / "out")
+    mask = read_png(
+        tmp_path / "out" / "masks" / "Trans-thalamic" / "Patient00001_Plane1_1_of_1.png"
+    )
+    expected = LABELS.copy()
+    expected[2, 7] = expected[3, 7] = 0
+    np.testing.assert_array_equal(mask, expected)
+    stem_mask = "Trans-thalamic-Segmentation/SegmentationClass/Patient00001_Plane1_1_of_1.png"
+    assert report["unmapped_pixels"] == {"total": 2, "per_mask": {stem_mask: 2}}
+
+
+def test_map_colours_uses_the_given_palette():
+    rgb = np.array([[YELLOW, (250, 250, 8), GREEN, (128, 0, 0)]], np.uint8)
+    labels, unmapped = map_colours(rgb, PALETTES["diverse"], tolerance=48)
+    assert labels.tolist() == [[2, 2, 0, 0]] and unmapped == 2  # green and dark red unknown
+    labels, unmapped = map_colours(rgb, PALETTES["voc"], tolerance=48)
+    assert labels.tolist() == [[0, 0, 0, 1]] and unmapped == 3
+
+
+def test_a_folder_that_is_not_the_record_is_an_error_naming_both(tmp_path):
+    raw = tmp_path / "raw"
+    write_png(raw / "holiday" / "beach.png", LABELS)
+    (raw / "notes.txt").write_text("hello")
+    with pytest.raises(DatasetLayoutError) as error:
+        prepare_dataset(raw, tmp_path / "out")
+    message = str(error.value)
+    assert "Trans-thalamic" in message and "Diverse Fetal Head Images" in message
+    assert "['holiday', 'notes.txt']" in message and "outside any plane folder" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+    with pytest.raises(FileNotFoundError, match="no-such-dir is not a folder"):
+        prepare_dataset(tmp_path / "no-such-dir", tmp_path / "out")
+
+
+def test_an_existing_out_is_kept_unless_overwrite(small_raw, tmp_path):
+    out = tmp_path / "out"
+    prepare_dataset(small_raw, out)
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        prepare_dataset(small_raw, out)
+    assert (out / "mine.txt").read_text() == "keep me"
+    prepare_dataset(small_raw, out, overwrite=True)
+    assert not (out / "mine.txt").exists()
+    assert len(read_csv(out / "index.csv")) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]  # no staging left
+
+
+def test_an_interrupted_run_leaves_no_out(small_raw, tmp_path, monkeypatch):
+    def full_disk(path, array):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fetal_head, "_write_png", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        prepare_dataset(small_raw, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_out_inside_raw_is_refused(small_raw):
+    with pytest.raises(ValueError, match="lies inside raw_dir"):
+        prepare_dataset(small_raw, small_raw / "prepared")
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_cli_prepares_the_phantom_and_writes_no_hydra_outputs(phantom_raw, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "src.prepare", f"raw_dir={phantom_raw}", "out_dir=prepared"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"prepared {len(truth_by_stem(phantom_raw))} images" in done.stdout + done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no outputs/, no .log
+
+
+def test_cli_config_makes_raw_and_out_mandatory():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("prepare")
+    assert OmegaConf.is_missing(cfg, "raw_dir") and OmegaConf.is_missing(cfg, "out_dir")
+    assert cfg.overwrite is False

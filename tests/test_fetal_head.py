@@ -1,6 +1,7 @@
 """prepare_dataset against the phantom's generating truth and against hand-made bad input."""
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -311,6 +312,26 @@ def test_a_folder_that_is_not_the_record_is_an_error_naming_both(tmp_path):
         prepare_dataset(tmp_path / "no-such-dir", tmp_path / "out")
 
 
+def test_the_bulk_download_zip_of_plane_zips_is_read(small_raw, tmp_path):
+    plane_zip = io.BytesIO()
+    with zipfile.ZipFile(plane_zip, "w") as archive:
+        for path in sorted(p for p in small_raw.rglob("*") if p.is_file()):
+            archive.write(path, path.relative_to(small_raw).as_posix())
+    bulk = tmp_path / "bulk"
+    bulk.mkdir()
+    with zipfile.ZipFile(bulk / "8265464.zip", "w") as archive:
+        archive.writestr("Trans-thalamic.zip", plane_zip.getvalue())
+        archive.writestr("README.md", "not data")
+    report = prepare_dataset(bulk, tmp_path / "out")
+    mask = read_png(
+        tmp_path / "out" / "masks" / "Trans-thalamic" / "Patient00001_Plane1_1_of_1.png"
+    )
+    np.testing.assert_array_equal(mask, LABELS)
+    assert report["ignored"] == {
+        "outside any plane folder": {"files": 1, "folders": ["8265464.zip"]}
+    }
+
+
 def test_an_existing_out_is_kept_unless_overwrite(small_raw, tmp_path):
     out = tmp_path / "out"
     prepare_dataset(small_raw, out)
@@ -334,9 +355,18 @@ def test_an_interrupted_run_leaves_no_out(small_raw, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
-def test_out_inside_raw_is_refused(small_raw):
-    with pytest.raises(ValueError, match="lies inside raw_dir"):
+def test_out_and_raw_inside_one_another_are_refused(small_raw):
+    with pytest.raises(ValueError, match="must not contain one another"):
         prepare_dataset(small_raw, small_raw / "prepared")
+    with pytest.raises(ValueError, match="must not contain one another"):
+        prepare_dataset(small_raw, small_raw.parent, overwrite=True)
+    assert (small_raw / "Trans-thalamic" / "Trans-thalamic").is_dir()
+
+
+def test_a_broken_zip_is_an_error_naming_it(small_raw):
+    (small_raw / "Trans-ventricular.zip").write_bytes(b"truncated download")
+    with pytest.raises(DatasetLayoutError, match=r"Trans-ventricular\.zip: not a readable zip"):
+        prepare_dataset(small_raw, small_raw.parent / "out")
 
 
 # ------------------------------------------------------------------ command line

@@ -165,7 +165,7 @@ def _annotation_format(parts: tuple[str, ...]) -> str | None:
         "obj.data",
     ):
         return "YOLO"
-    voc_extras = ("imagesets", "segmentationobject")
+    voc_extras = ("imagesets", "segmentationobject", "jpegimages")
     if name == "labelmap.txt" or name.endswith(".xml") or any(p in voc_extras for p in lowered):
         return "Pascal VOC (SegmentationObject, ImageSets, XML)"
     if any("coco" in p or p == "annotations" for p in lowered) or name.endswith(".json"):
@@ -182,11 +182,12 @@ def _classify(parts: tuple[str, ...]) -> _Role:
     if copy is not None:
         return _ignored(parts, IGNORED_ORIGINAL, depth=copy + 1)
     plane = next((p for p in map(plane_of_name, parts) if p is not None), None)
+    suffix = PurePosixPath(name).suffix.lower()
     if plane is None:
-        return _ignored(parts, IGNORED_OUTSIDE)
+        # A zip named after no plane may be Zenodo's bulk download holding the plane zips.
+        return _Role("archive") if suffix == ".zip" else _ignored(parts, IGNORED_OUTSIDE)
     if fmt := _annotation_format(parts):
         return _ignored(parts, f"{fmt} annotation export (not used)")
-    suffix = PurePosixPath(name).suffix.lower()
     if suffix == ".zip":
         return _Role("archive", plane)
     if suffix == ".csv" and {"pixel", "size"} <= set(_words(name)):
@@ -202,6 +203,15 @@ def _classify(parts: tuple[str, ...]) -> _Role:
 # ---------------------------------------------------------------------------- walking RAW
 
 
+def _open_zip(source: Path | io.BytesIO, name: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(source)
+    except zipfile.BadZipFile as error:
+        raise DatasetLayoutError(
+            f"{name}: not a readable zip ({error}); download it again"
+        ) from None
+
+
 def _walk_zip(archive: zipfile.ZipFile, prefix: tuple[str, ...]) -> Iterator[_Entry]:
     for info in archive.infolist():
         if info.is_dir():
@@ -210,7 +220,7 @@ def _walk_zip(archive: zipfile.ZipFile, prefix: tuple[str, ...]) -> Iterator[_En
         entry = _Entry(parts, functools.partial(archive.read, info))
         if _classify(parts).kind == "archive":
             # Nested zips are small enough to open in memory (the record's biggest is ~100 MB).
-            yield from _walk_zip(zipfile.ZipFile(io.BytesIO(entry.read())), parts)
+            yield from _walk_zip(_open_zip(io.BytesIO(entry.read()), entry.path), parts)
         else:
             yield entry
 
@@ -220,7 +230,7 @@ def _walk(raw_dir: Path, stack: ExitStack) -> Iterator[_Entry]:
     for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
         parts = path.relative_to(raw_dir).parts
         if _classify(parts).kind == "archive":
-            yield from _walk_zip(stack.enter_context(zipfile.ZipFile(path)), parts)
+            yield from _walk_zip(stack.enter_context(_open_zip(path, str(path))), parts)
         else:
             yield _Entry(parts, path.read_bytes)
 
@@ -334,8 +344,10 @@ def _not_this_dataset(raw_dir: Path, report: _Report) -> DatasetLayoutError:
 def _check_destination(raw_dir: Path, out_dir: Path, overwrite: bool) -> None:
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"raw_dir {raw_dir} is not a folder (expected the record's zips)")
-    if out_dir.resolve().is_relative_to(raw_dir.resolve()):
-        raise ValueError(f"out_dir {out_dir} lies inside raw_dir {raw_dir}; choose another place")
+    raw, out = raw_dir.resolve(), out_dir.resolve()
+    # Either way round, a re-run would read its own output or replace the raw record.
+    if out.is_relative_to(raw) or raw.is_relative_to(out):
+        raise ValueError(f"out_dir {out_dir} and raw_dir {raw_dir} must not contain one another")
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=true to replace it")
 

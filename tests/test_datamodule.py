@@ -56,6 +56,11 @@ def test_a_missing_root_without_synthetic_is_an_error_naming_it(tmp_path):
     assert not (tmp_path / "prepared").exists()
 
 
+def test_an_incomplete_synthetic_setting_is_named(tmp_path):
+    with pytest.raises(ValueError, match="data.synthetic must have the keys n_subjects, size"):
+        FetalHeadDataModule(root=tmp_path, cache_dir=tmp_path, synthetic={"n_subjects": 3})
+
+
 def test_a_synthetic_root_is_generated_on_first_use_only(tmp_path, monkeypatch, caplog):
     calls = {"phantom": 0, "prepare": 0}
     for name in ("write_phantom_record", "prepare_dataset"):
@@ -229,3 +234,29 @@ def test_the_data_configs_compose(data, tmp_path):
     assert dm.root == Path(cfg.paths.data_dir) / "phantom" and dm.synthetic["n_subjects"] == 60
     assert dm.splits_out == tmp_path / "splits.json"
     assert type(dm.train_transform).__name__ == "Compose"
+
+
+def test_the_phantom_record_end_to_end(phantom_raw, prepared_dir, tmp_path):
+    """The raw phantom through the reader, the cache and the split: the cached masks are the
+    phantom's own truth resized, and no patient crosses splits over planes."""
+    dm = ready(
+        FetalHeadDataModule(
+            root=phantom_raw, cache_dir=tmp_path, image_size=(32, 48), n_folds=3, batch_size=4
+        )
+    )
+    assert (dm.prepared_dir / "index.csv").read_text() == (prepared_dir / "index.csv").read_text()
+    rows = pd.read_csv(prepared_dir / "index.csv", dtype={"subject": str})
+    subjects = {
+        s: set(rows.set_index("image").loc[list(dm.splits[s]), "subject"])
+        for s in ("train", "val", "test")
+    }
+    assert not (subjects["train"] & subjects["val"] or subjects["train"] & subjects["test"])
+    assert not subjects["val"] & subjects["test"]
+    for batch in dm.test_dataloader():
+        for image_id, mask in zip(batch["id"], batch["mask"], strict=True):
+            truth = cv2.imread(
+                str(phantom_raw / "phantom_truth" / "labels" / Path(image_id).name),
+                cv2.IMREAD_UNCHANGED,
+            )
+            expected = cv2.resize(truth, (48, 32), interpolation=cv2.INTER_NEAREST)
+            np.testing.assert_array_equal(mask.numpy(), expected)

@@ -135,6 +135,10 @@ class FetalHeadDataModule(pl.LightningDataModule):
         self.train_transform = train_transform
         self.planes = list(planes) if planes is not None else None
         self.synthetic = dict(synthetic) if synthetic is not None else None
+        if self.synthetic is not None and set(self.synthetic) != {"n_subjects", "size", "seed"}:
+            raise ValueError(
+                f"data.synthetic must have the keys n_subjects, size, seed; got {self.synthetic}"
+            )
         self.splits: Splits | None = None
         self._rows: pd.DataFrame | None = None
         self._datasets: dict[str, CachedSegmentationDataset] = {}

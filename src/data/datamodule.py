@@ -259,7 +259,8 @@ class FetalHeadDataModule(pl.LightningDataModule):
             shuffle=training,
             drop_last=training and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            # Pinning only helps host-to-GPU copies; on a CPU-only machine torch warns.
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
 

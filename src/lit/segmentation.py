@@ -28,7 +28,9 @@ class SegmentationModule(pl.LightningModule):
         scheduler_monitor: str = "val/dice_mean",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss"], logger=False)
+        # Modules and optimizer partials stay out of the checkpoint's hparams (the run's
+        # resolved config records them), so checkpoints load with torch's weights_only.
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer

@@ -68,23 +68,23 @@ class BModeLook:
     tissue_texture_db: Range = (3.0, 6.0)  # std of slow tissue echo variation
     fluid_probability: float = 0.8
     fluid_amount: Range = (0.0, 1.0)  # 0: a thin pocket by the head, 1: wide pockets
-    fluid_echo: Range = (0.01, 0.06)
-    brain_echo: Range = (0.8, 1.6)
+    fluid_echo: Range = (0.03, 0.1)
+    brain_echo: Range = (0.7, 1.4)
     csp_lv_echo: Range = (0.04, 0.15)  # fluid-filled, but hazy from the tissue around
     skull_echo: Range = (2000.0, 10000.0)
-    skull_thickness_mm: Range = (1.0, 1.8)
+    skull_thickness_mm: Range = (0.8, 1.5)
     skull_transmission: Range = (0.5, 0.85)  # power through one skull wall
     skull_side_share: Range = (1e-4, 3e-3)  # echo where the beam grazes the skull (log-uniform)
     midline_echo: Range = (30.0, 300.0)  # and the other brain interfaces
-    brain_lines: tuple[int, int] = (3, 8)  # number of faint sulcal / fissure echoes
+    brain_lines: tuple[int, int] = (3, 8)  # short echoes besides the midline (walls, fissures)
     attenuation_nepers: Range = (1.0, 3.0)  # two-way tissue loss over the image height
-    gain_compensation: Range = (0.4, 0.85)  # share of that loss undone by TGC
+    gain_compensation: Range = (0.6, 1.0)  # share of that loss undone by TGC
     tissue_grey: Range = (25.0, 50.0)  # display grey of mean soft tissue echo
     dynamic_range_db: Range = (50.0, 60.0)
     speckle_axial_px: Range = (0.6, 0.9)  # point-spread function std along the beam
     speckle_lateral_px: Range = (3.0, 4.0)  # and across it, at mid depth
     compounding_px: Range = (2.5, 4.0)  # std across the beam (1/2 along it) of power averaging
-    clutter_echo: Range = (0.06, 0.15)  # reverberation haze that keeps fluid off pure black
+    clutter_echo: Range = (0.1, 0.2)  # reverberation haze that keeps fluid off pure black
 
 
 CALIBRATED_LOOK = BModeLook()
@@ -285,9 +285,10 @@ def _fixed_point(*coordinates) -> tuple[int, ...]:
 
 def _draw_interfaces(rng, look: BModeLook, head: HeadEllipse, csp, lv, labels) -> np.ndarray:
     """Specular brain interfaces as thin antialiased lines in image pixels, amplitude
-    0..255: the broken midline, short echoes roughly parallel to it (ventricle walls,
-    fissures), the CSP's long walls (the septum leaves) and the LV's walls. cv2 draws them
-    in microseconds, where evaluating each line on the whole scan grid would not."""
+    0..255 (255: the strongest midline echo): the broken midline, short echoes roughly
+    parallel to it (ventricle walls, fissures), the CSP's long walls (the septum leaves)
+    and part of the LV's wall. cv2 draws them in microseconds, where evaluating each line
+    on the whole scan grid would not."""
     canvas = np.zeros(labels.shape, np.uint8)
     a, b = head.semi_major, head.semi_minor
 
@@ -347,6 +348,7 @@ class _EchoMaps:
     diffuse: np.ndarray  # power of the random scatterers (speckle)
     coherent: np.ndarray  # power of the specular skull echo
     attenuation: np.ndarray  # two-way power attenuation (nepers) per px of depth
+    tissue_attenuation: float  # the same, of soft tissue: what time-gain compensation undoes
 
 
 def _echo_maps(rng, look: BModeLook, head: HeadEllipse, regions, grid, image_height: int):
@@ -441,12 +443,14 @@ def _echo_maps(rng, look: BModeLook, head: HeadEllipse, regions, grid, image_hei
     # any crossing near that of a perpendicular one (the shadow still darkens at the sides).
     wall_loss = -math.log(rng.uniform(*look.skull_transmission))
     ring_integral = 2 * math.gamma(1.25) * half_wall  # of the ring across the wall
-    attenuation = rng.uniform(*look.attenuation_nepers) / image_height * attenuation_share
+    tissue_attenuation = rng.uniform(*look.attenuation_nepers) / image_height
+    attenuation = tissue_attenuation * attenuation_share
     attenuation[band] += wall_loss / ring_integral * ring * (0.2 + 0.8 * incidence)
     return _EchoMaps(
         diffuse=diffuse + 0.1 * skull + rng.uniform(*look.clutter_echo),
         coherent=0.9 * skull,
         attenuation=attenuation,
+        tissue_attenuation=tissue_attenuation,
     )
 
 
@@ -586,8 +590,7 @@ def render_scan(
     # undone by time-gain compensation.
     attenuation = _gaussian_blur(maps.attenuation, 0.5, 2.0)
     loss = np.cumsum(to_fine(attenuation), axis=0) * depth_step
-    gain = rng.uniform(*look.gain_compensation) * rng.uniform(*look.attenuation_nepers)
-    gain_per_px = gain / height
+    gain_per_px = rng.uniform(*look.gain_compensation) * maps.tissue_attenuation
     power_db = 10 * np.log10(power + 1e-12) + (10 / math.log(10)) * (
         gain_per_px * (depths - sector.r_min) - loss
     )

@@ -56,7 +56,7 @@ def timed_pass(loaders: list[DataLoader]) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-subjects", type=int, default=84, help="84: the default phantom, 200 images")
+    parser.add_argument("--n-subjects", type=int, default=84, help="84 = the default, 200 images")
     parser.add_argument("--size", type=int, default=256, help="cached images are size x size")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0)

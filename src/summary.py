@@ -59,8 +59,12 @@ def print_summary_table(summary: dict) -> None:
     table.add_column("IoU", justify="right")
     for name, scores in summary["per_class"].items():
         table.add_row(name, _fmt(scores["dice"]), _fmt(scores["iou"]))
-    table.add_row("mean", _fmt(summary["mean"].get("dice_mean")),
-                  _fmt(summary["mean"].get("iou_mean")), style="bold")
+    table.add_row(
+        "mean",
+        _fmt(summary["mean"].get("dice_mean")),
+        _fmt(summary["mean"].get("iou_mean")),
+        style="bold",
+    )
     Console().print(table)
 
 

@@ -23,7 +23,9 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
     """Print the resolved config as a tree (one branch per group) and save it beside the run."""
     tree = rich.tree.Tree("CONFIG", guide_style="dim")
     for key, value in cfg.items():
-        body = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        body = (
+            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        )
         tree.add(str(key)).add(rich.syntax.Syntax(body, "yaml"))
     Console().print(tree)
     if save_to is not None:
@@ -42,7 +44,9 @@ def instantiate_list(cfg: DictConfig | None, kind: type) -> list:
             raise TypeError(f"config node '{name}' must have a _target_, got: {node}")
         obj = hydra.utils.instantiate(node)
         if not isinstance(obj, kind):
-            raise TypeError(f"config node '{name}' built a {type(obj).__name__}, expected a {kind.__name__}")
+            raise TypeError(
+                f"config node '{name}' built a {type(obj).__name__}, expected a {kind.__name__}"
+            )
         objects.append(obj)
     return objects
 

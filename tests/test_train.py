@@ -45,16 +45,29 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
 
 def short_run(data_overrides, output_dir: Path, *extra: str) -> DictConfig:
     return compose_train(
-        ["+experiment=unet_dice", "model.base_channels=8", "trainer.max_epochs=2",
-         "trainer.limit_train_batches=2", *data_overrides, *extra],
+        [
+            "+experiment=unet_dice",
+            "model.base_channels=8",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=2",
+            *data_overrides,
+            *extra,
+        ],
         output_dir,
     )
 
 
 def test_train_command_runs_as_written(data_overrides, tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "src.train", "+experiment=unet_dice",
-           "trainer.fast_dev_run=true", *data_overrides, f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "src.train",
+        "+experiment=unet_dice",
+        "trainer.fast_dev_run=true",
+        *data_overrides,
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -68,8 +81,9 @@ def test_train_command_runs_as_written(data_overrides, tmp_path):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_runs_one_step(experiment, data_overrides, tmp_path):
-    cfg = compose_train([f"+experiment={experiment}", "trainer.fast_dev_run=true",
-                         *data_overrides], tmp_path)
+    cfg = compose_train(
+        [f"+experiment={experiment}", "trainer.fast_dev_run=true", *data_overrides], tmp_path
+    )
     metrics = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
 
@@ -95,14 +109,18 @@ def test_resume_continues_at_the_next_epoch(data_overrides, tmp_path):
     train(short_run(data_overrides, first, "trainer.max_epochs=1", "test=false"))
     interrupted = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)
     assert interrupted["epoch"] == 0
-    train(short_run(data_overrides, second, "trainer.max_epochs=2", "test=false",
-                    f"ckpt_path={first}"))
+    train(
+        short_run(
+            data_overrides, second, "trainer.max_epochs=2", "test=false", f"ckpt_path={first}"
+        )
+    )
     resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["epoch"] == 1
     assert resumed["global_step"] == 2 * interrupted["global_step"]
     # The resumed run reuses the interrupted run's split.
-    assert (json.loads((second / "splits.json").read_text())
-            == json.loads((first / "splits.json").read_text()))
+    assert json.loads((second / "splits.json").read_text()) == json.loads(
+        (first / "splits.json").read_text()
+    )
 
 
 def test_same_seed_gives_the_same_numbers(data_overrides, tmp_path):
@@ -117,8 +135,18 @@ def test_wandb_logs_offline_with_the_resolved_config(data_overrides, tmp_path, m
     monkeypatch.setenv("WANDB_SILENT", "true")
     import wandb
 
-    train(compose_train(["+experiment=unet_dice", "logger=wandb", "trainer.fast_dev_run=true",
-                         "model.base_channels=8", *data_overrides], tmp_path))
+    train(
+        compose_train(
+            [
+                "+experiment=unet_dice",
+                "logger=wandb",
+                "trainer.fast_dev_run=true",
+                "model.base_channels=8",
+                *data_overrides,
+            ],
+            tmp_path,
+        )
+    )
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert wandb.run is None  # finished, not left dangling
@@ -133,9 +161,17 @@ def test_a_failed_run_closes_wandb_and_exits_non_zero(data_overrides, tmp_path, 
     import wandb
 
     # Two output classes for four labels: the loss fails inside the first training step.
-    cfg = compose_train(["+experiment=unet_dice", "logger=wandb", "trainer.fast_dev_run=true",
-                         "model.base_channels=8", "model.num_classes=2", *data_overrides],
-                        tmp_path)
+    cfg = compose_train(
+        [
+            "+experiment=unet_dice",
+            "logger=wandb",
+            "trainer.fast_dev_run=true",
+            "model.base_channels=8",
+            "model.num_classes=2",
+            *data_overrides,
+        ],
+        tmp_path,
+    )
     with pytest.raises(SystemExit):
         train(cfg)
     assert wandb.run is None

@@ -48,8 +48,14 @@ class SegmentationModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss_and_logits(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["image"]))
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["image"]),
+        )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -75,8 +81,9 @@ class SegmentationModule(pl.LightningModule):
             "metrics": {k: float(v) for k, v in self.test_metrics.compute().items()},
             "per_image": [
                 {"id": image_id, **values}
-                for image_id, values in zip(self.test_ids, self.test_metrics.per_image(),
-                                            strict=True)
+                for image_id, values in zip(
+                    self.test_ids, self.test_metrics.per_image(), strict=True
+                )
             ],
         }
         self._log_metrics("test", self.test_metrics)

@@ -82,11 +82,20 @@ class SegmentationModule(pl.LightningModule):
             "per_image": [
                 {"id": image_id, **values}
                 for image_id, values in zip(
-                    self.test_ids, self.test_metrics.per_image(), strict=True
+                    self._gathered_test_ids(), self.test_metrics.per_image(), strict=True
                 )
             ],
         }
         self._log_metrics("test", self.test_metrics)
+
+    def _gathered_test_ids(self) -> list[str]:
+        """Image ids in the order the metric's per-image rows are gathered: process by process
+        under DDP (torchmetrics concatenates the states in rank order)."""
+        if self.trainer.world_size == 1:
+            return list(self.test_ids)
+        parts: list[list[str]] = [[] for _ in range(self.trainer.world_size)]
+        torch.distributed.all_gather_object(parts, self.test_ids)
+        return [image_id for part in parts for image_id in part]
 
     def _log_metrics(self, stage: str, metrics: SegmentationMetrics) -> None:
         values = metrics.compute()

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-log = logging.getLogger(__name__)
+from src.utils import keep_existing
 
 
 def build_summary(
@@ -43,10 +41,7 @@ def build_summary(
 
 def write_summary(summary: dict, directory: Path) -> Path:
     """Write ``summary.json``; an existing one is kept and the new one gets a timestamp."""
-    path = directory / "summary.json"
-    if path.exists():
-        path = directory / f"summary.{time.strftime('%Y%m%d-%H%M%S')}.json"
-        log.warning(f"{directory / 'summary.json'} exists and is kept; writing {path.name}")
+    path = keep_existing(directory / "summary.json")
     # NaN (class absent in target and prediction) is written as null: valid JSON.
     path.write_text(json.dumps(_nan_to_none(summary), indent=2))
     return path

@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
-    print_config_tree(cfg, save_to=output_dir / "config_resolved.yaml")
-    pl.seed_everything(cfg.seed, workers=True)
-
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
     if ckpt_path is not None and cfg.data.splits_file is None:
         # Resuming: keep the interrupted run's split if it wrote one.
@@ -42,6 +39,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if previous_split.is_file():
             with open_dict(cfg):
                 cfg.data.splits_file = str(previous_split)
+    print_config_tree(cfg, save_to=output_dir / "config_resolved.yaml")
+    pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = hydra.utils.instantiate(cfg.data)
     module = SegmentationModule(

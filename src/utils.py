@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,21 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
     Console().print(tree)
     if save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)
-        save_to.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        keep_existing(save_to).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def keep_existing(path: Path) -> Path:
+    """``path``, or a timestamped sibling when ``path`` exists (a resumed run writing into
+    its old folder), so nothing already written is overwritten."""
+    if not path.exists():
+        return path
+    stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+    stamped = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    while stamped.exists():
+        n += 1
+        stamped = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
+    log.warning(f"{path} exists and is kept; writing {stamped.name}")
+    return stamped
 
 
 def instantiate_list(cfg: DictConfig | None, kind: type) -> list:

@@ -193,3 +193,14 @@ def test_missing_checkpoint_is_named(data_overrides, tmp_path, caplog):
         train(cfg)
     assert f"no checkpoint at {tmp_path}/nope.ckpt" in caplog.text
     assert f"Output folder: {tmp_path}" in caplog.text
+
+
+def test_resuming_in_place_keeps_what_the_first_run_wrote(data_overrides, tmp_path):
+    train(short_run(data_overrides, tmp_path, "trainer.max_epochs=1"))
+    first_config = (tmp_path / "config_resolved.yaml").read_text()
+    first_summary = (tmp_path / "checkpoints" / "summary.json").read_text()
+    train(short_run(data_overrides, tmp_path, "trainer.max_epochs=2", "ckpt_path=last"))
+    assert (tmp_path / "config_resolved.yaml").read_text() == first_config
+    assert (tmp_path / "checkpoints" / "summary.json").read_text() == first_summary
+    assert len(list(tmp_path.glob("config_resolved.*.yaml"))) == 1
+    assert len(list((tmp_path / "checkpoints").glob("summary.*.json"))) == 1

@@ -15,7 +15,8 @@ MODEL_CONFIGS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml")
 
 def _compose_model(name: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(overrides=[f"+model={name}"]).model
+        # Through the training config, so ${data.in_channels} / ${data.num_classes} resolve.
+        return compose("train", overrides=[f"model={name}", "paths.output_dir=unused"]).model
 
 
 @pytest.mark.parametrize("size", [(63, 65), (100, 37), (64, 64), (17, 31)])

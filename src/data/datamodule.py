@@ -117,8 +117,18 @@ class FetalHeadDataModule(pl.LightningDataModule):
         train_transform: Transform | None = None,
         planes: Sequence[str] | None = None,
         synthetic: Mapping | None = None,
+        in_channels: int = 1,
+        num_classes: int = FETAL_HEAD.num_classes,
     ):
         super().__init__()
+        # Written once in the data config and interpolated by the model config; checked here
+        # so a wrong override fails before a network of the wrong shape is built.
+        if in_channels != 1 or num_classes != FETAL_HEAD.num_classes:
+            raise ValueError(
+                f"data.in_channels={in_channels}, data.num_classes={num_classes}: the fetal head "
+                f"data has 1 input channel (grayscale) and {FETAL_HEAD.num_classes} classes "
+                f"{FETAL_HEAD.names}"
+            )
         if len(image_size) != 2:
             raise ValueError(f"data.image_size must be [height, width], got {list(image_size)}")
         self.root = Path(root)

@@ -9,9 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from src.data import cache
-from src.data.cache import build_cache, build_dir_atomically, cache_dir_for, open_cache
+from src.data.cache import (
+    build_cache,
+    build_dir_atomically,
+    cache_dir_for,
+    open_cache,
+    resize_image,
+    resize_mask,
+)
 
 NUM_CLASSES = 4
 
@@ -73,7 +81,7 @@ def test_cached_arrays_equal_the_resized_pngs(prepared, image_size, image_interp
             read_png(prepared / image_rel), dsize, None, 0, 0, image_interpolation
         )
         expected_mask = cv2.resize(
-            read_png(prepared / mask_rel), dsize, None, 0, 0, cv2.INTER_NEAREST
+            read_png(prepared / mask_rel), dsize, None, 0, 0, cv2.INTER_NEAREST_EXACT
         )
         np.testing.assert_array_equal(images[row], expected_image)
         np.testing.assert_array_equal(masks[row], expected_mask)
@@ -97,9 +105,43 @@ def test_cache_is_built_once_and_rebuilt_for_a_new_resolution(prepared, monkeypa
     second = build_cache(prepared, (24, 16), num_classes=NUM_CLASSES)
     assert second != first and second.name.startswith("24x16-")
     assert len(decoded) == 10
-    assert sorted(p.name for p in (prepared / "cache").iterdir()) == sorted(
-        [first.name, second.name]
+    cached = [p.name for p in (prepared / "cache").iterdir() if not p.name.startswith(".")]
+    assert sorted(cached) == sorted([first.name, second.name])  # and their .lock files
+
+
+def three_class_label_map(height: int, width: int) -> np.ndarray:
+    """A head with a CSP-like disc and an LV-like ellipse inside, away from the border."""
+    labels = np.zeros((height, width), np.uint8)
+    cv2.ellipse(
+        labels, (width // 2, height // 2), (width * 3 // 8, height * 3 // 8), 10, 0, 360, 1, -1
     )
+    cv2.circle(labels, (width * 2 // 5, height * 2 // 5), height // 8, 2, -1)
+    cv2.ellipse(
+        labels, (width * 3 // 5, height * 3 // 5), (width // 8, height // 10), 30, 0, 360, 3, -1
+    )
+    return labels
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [((100, 150), (36, 52)), ((40, 56), (64, 96))],
+    ids=["shrink", "enlarge"],
+)
+def test_resized_labels_keep_their_place_on_the_resized_image(source, target):
+    """Each class's centroid in the resized label map is where the resized image puts it.
+
+    Plain nearest neighbour does not align pixel centres (the image resizes do) and moved
+    labels by about half a pixel: label noise that horizontal flips cannot let a model learn.
+    """
+    labels = three_class_label_map(*source)
+    resized = resize_mask(labels, target)
+    assert resized.shape == target and set(np.unique(resized)) == {0, 1, 2, 3}
+    for label in (1, 2, 3):
+        drawn = resize_image(np.where(labels == label, 255, 0).astype(np.uint8), target)
+        expected = ndimage.center_of_mass(drawn.astype(np.float64))
+        np.testing.assert_allclose(
+            ndimage.center_of_mass(resized == label), expected, atol=0.2, err_msg=f"label {label}"
+        )
 
 
 def test_a_changed_index_gets_a_new_cache(prepared):

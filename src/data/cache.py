@@ -4,7 +4,8 @@ Decoding a 959x661 PNG and resizing it costs far more than a training step's dat
 it is done once per (prepared dir, index.csv content, resolution) and epochs read memory-mapped
 arrays. A prepared dir is never rewritten in place (``prepare_dataset`` refuses to), so the
 index.csv content identifies its images; the cache lives inside it, so moving the prepared dir
-keeps its caches valid.
+keeps its caches valid. Builds are locked (``locked``), so concurrent runs build once and the
+others wait for and reuse the result.
 """
 
 from __future__ import annotations
@@ -15,22 +16,46 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
 # Bump when the cached arrays would come out differently from the same inputs.
-CACHE_FORMAT_VERSION = 1
+# 2: masks resized with pixel centres aligned (INTER_NEAREST_EXACT), as the images are.
+CACHE_FORMAT_VERSION = 2
 INDEX_COLUMNS = ("image", "mask", "plane", "subject", "pixel_size_mm", "orig_width", "orig_height")
 IMAGES_FILE = "images.npy"
 MASKS_FILE = "masks.npy"
 IDS_FILE = "ids.json"  # image paths in row order
+
+
+@contextmanager
+def locked(target: Path) -> Iterator[None]:
+    """Hold an inter-process lock on ``target`` (a ``.<name>.lock`` file beside it).
+
+    Parallel sweeps and nodes sharing a file system build the same folders; under the lock
+    the first one builds and the others wait, then find the result and reuse it.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(target.parent / f".{target.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process building %s", target)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def build_dir_atomically(target: Path, build: Callable[[Path], object]) -> Path:
@@ -94,9 +119,10 @@ def resize_image(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """Nearest neighbour, so a label map stays a label map."""
+    """Nearest neighbour, so a label map stays a label map, with pixel centres aligned as in
+    ``resize_image`` (plain INTER_NEAREST shifts labels by up to half a pixel)."""
     height, width = image_size
-    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def load_resized(
@@ -155,17 +181,19 @@ def _write_arrays(
 
 
 def build_cache(prepared_dir: Path, image_size: tuple[int, int], *, num_classes: int) -> Path:
-    """The cache folder for this resolution, built on first use (atomically) and reused after."""
+    """The cache folder for this resolution, built on first use (atomically, under a lock) and
+    reused after."""
     prepared_dir = Path(prepared_dir)
     image_size = (int(image_size[0]), int(image_size[1]))
     rows = read_index(prepared_dir)
     target = cache_dir_for(prepared_dir, image_size)
-    if target.is_dir():  # complete: it was renamed into place after the build
-        return target
-    log.info("caching %d images of %s at %dx%d", len(rows), prepared_dir, *image_size)
-    return build_dir_atomically(
-        target, lambda out: _write_arrays(out, prepared_dir, rows, image_size, num_classes)
-    )
+    with locked(target):
+        if target.is_dir():  # complete: it was renamed into place after the build
+            return target
+        log.info("caching %d images of %s at %dx%d", len(rows), prepared_dir, *image_size)
+        return build_dir_atomically(
+            target, lambda out: _write_arrays(out, prepared_dir, rows, image_size, num_classes)
+        )
 
 
 def open_cache(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

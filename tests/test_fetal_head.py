@@ -20,12 +20,16 @@ from src.data.classes import PALETTES
 from src.data.fetal_head import (
     INDEX_COLUMNS,
     PLANES,
+    READER_VERSION,
+    SOURCE_FILE,
     DatasetLayoutError,
     map_colours,
     plane_of_name,
     prepare_dataset,
+    read_labelmap,
     read_pixel_sizes,
     subject_of_stem,
+    why_outdated,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,6 +111,7 @@ def test_report_counts_sources_and_ignored_exports(phantom_raw, prepared_dir):
     assert report["skipped"] == []
     assert report["unmapped_pixels"]["total"] == 0
     assert report["resized_masks"] == []
+    assert report["voc_labelmaps"] == ["Trans-cerebellum-PASCAL/labelmap.txt"]  # VOC-only plane
     ignored = report["ignored"]
     originals = ignored["original-size copy (not the 959x661 data)"]["folders"]
     assert "Trans-thalamic-orginal-size" in originals
@@ -135,15 +140,20 @@ def test_subjects_group_patients_across_planes_and_hc18_numbers(phantom_raw, pre
     ("stem", "subject"),
     [
         ("Patient00168_Plane3_3_of_3", "Patient00168"),
-        ("patient00007_Plane1_1_of_2", "patient00007"),
+        ("patient00007_Plane1_1_of_2", "Patient00007"),
+        ("PATIENT65_Plane2_1_of_1", "Patient00065"),
+        ("patient65", "Patient00065"),
+        ("Patient0000065_Plane1_2_of_2", "Patient00065"),
         ("010_HC", "010"),
         ("010_2HC", "010"),
+        ("10_2hc", "010"),
+        ("0010_HC", "010"),
         ("123_3HC", "123"),
         ("holiday", None),
         ("HC_010", None),
     ],
 )
-def test_subject_of_stem(stem, subject):
+def test_subject_of_stem_normalises_case_and_leading_zeros(stem, subject):
     assert subject_of_stem(stem) == subject
 
 
@@ -332,6 +342,60 @@ def test_the_bulk_download_zip_of_plane_zips_is_read(small_raw, tmp_path):
     }
 
 
+# A VOC export whose labelmap.txt gives other colours than the registry's VOC palette.
+LABELMAP_COLOURS = np.array([BLACK, (10, 20, 200), (200, 200, 200), (250, 0, 250)], np.uint8)
+LABELMAP = "# label:color_rgb:parts:actions\nbackground:0,0,0::\nBrain:10,20,200::\n"
+LABELMAP += "csp:200,200,200::\nLv:250,0,250::\n"
+
+
+def write_voc_only_plane(raw: Path, labelmap: str | None) -> Path:
+    """One Trans-cerebellum image masked only by a Pascal VOC export (as the record's)."""
+    stem = "Patient00009_Plane3_1_of_1"
+    write_png(raw / "Trans-cerebellum" / "Trans-cerebellum" / f"{stem}.png", LABELS * 60)
+    export = raw / "Trans-cerebellum-PASCAL"
+    write_png(export / "SegmentationClass" / f"{stem}.png", LABELMAP_COLOURS[LABELS])
+    if labelmap is not None:
+        (export / "labelmap.txt").write_text(labelmap)
+    return Path("masks") / "Trans-cerebellum" / f"{stem}.png"
+
+
+def test_a_voc_export_is_read_with_its_labelmap_colours(small_raw, tmp_path):
+    mask = write_voc_only_plane(small_raw, LABELMAP)
+    report = prepare_dataset(small_raw, tmp_path / "out")
+    np.testing.assert_array_equal(read_png(tmp_path / "out" / mask), LABELS)
+    assert report["voc_labelmaps"] == ["Trans-cerebellum-PASCAL/labelmap.txt"]
+    assert report["unmapped_pixels"]["total"] == 0
+
+
+def test_a_voc_export_without_labelmap_falls_back_to_the_voc_palette(small_raw, tmp_path):
+    mask = write_voc_only_plane(small_raw, labelmap=None)
+    report = prepare_dataset(small_raw, tmp_path / "out")
+    assert report["voc_labelmaps"] == []
+    # None of the export's colours is a VOC palette colour: all but black stay unmapped.
+    assert report["unmapped_pixels"]["total"] == int((LABELS > 0).sum())
+    assert not read_png(tmp_path / "out" / mask).any()
+
+
+def test_a_labelmap_naming_an_unknown_class_is_an_error_naming_both(small_raw, tmp_path):
+    write_voc_only_plane(small_raw, LABELMAP + "Skull:1,2,3::\n")
+    with pytest.raises(DatasetLayoutError, match=r"labelmap\.txt:6: unknown class 'Skull'"):
+        prepare_dataset(small_raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_labelmap_names_a_malformed_line_and_a_shared_colour():
+    assert read_labelmap(LABELMAP.encode(), "l.txt") == {
+        (0, 0, 0): 0,
+        (10, 20, 200): 1,
+        (200, 200, 200): 2,
+        (250, 0, 250): 3,
+    }
+    with pytest.raises(DatasetLayoutError, match=r"l\.txt:2: expected 'name:r,g,b::'"):
+        read_labelmap(b"# header\nBrain:128,0::\n", "l.txt")
+    with pytest.raises(DatasetLayoutError, match=r"l\.txt:2: colour \(1, 1, 1\) names two"):
+        read_labelmap(b"Brain:1,1,1::\nCSP:1,1,1::\n", "l.txt")
+
+
 def test_an_existing_out_is_kept_unless_overwrite(small_raw, tmp_path):
     out = tmp_path / "out"
     prepare_dataset(small_raw, out)
@@ -343,6 +407,78 @@ def test_an_existing_out_is_kept_unless_overwrite(small_raw, tmp_path):
     assert not (out / "mine.txt").exists()
     assert len(read_csv(out / "index.csv")) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]  # no staging left
+
+
+@pytest.mark.parametrize("content", ["a file", "a folder of other files"])
+def test_overwrite_replaces_only_an_earlier_prepared_copy(small_raw, tmp_path, content):
+    out = tmp_path / "out"
+    if content == "a file":
+        out.write_text("not a folder")
+    else:
+        out.mkdir()
+        (out / "thesis.tex").write_text("keep me")
+        (out / "index.csv").write_text("image,mask\n")  # no prepare_report.json beside it
+    before = tree(out)
+    with pytest.raises(FileExistsError, match=rf"out_dir {out} .*(file|holds no prepared copy)"):
+        prepare_dataset(small_raw, out, overwrite=True)
+    assert tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
+    (tmp_path / "empty").mkdir()
+    prepare_dataset(small_raw, tmp_path / "empty", overwrite=True)  # nothing to lose
+    assert (tmp_path / "empty" / "index.csv").is_file()
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {".": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_an_out_that_appears_while_preparing_is_not_swapped_out(small_raw, tmp_path, monkeypatch):
+    """Another process finishing the same OUT first keeps its result (a reader of it may be
+    running); this run fails instead of replacing it without overwrite."""
+    out = tmp_path / "out"
+    real_summarise = fetal_head._summarise
+
+    def other_process_finishes_first(*args):
+        monkeypatch.setattr(fetal_head, "_summarise", real_summarise)
+        prepare_dataset(small_raw, out)
+        (out / "cache").mkdir()  # the other process is already using it
+        return real_summarise(*args)
+
+    monkeypatch.setattr(fetal_head, "_summarise", other_process_finishes_first)
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        prepare_dataset(small_raw, out)
+    assert (out / "cache").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
+
+
+def test_the_prepared_copy_records_its_source_and_tells_what_changed(small_raw, tmp_path):
+    out = tmp_path / "out"
+    assert why_outdated(small_raw, out) == "not prepared yet"
+    prepare_dataset(small_raw, out)
+    source = json.loads((out / SOURCE_FILE).read_text())
+    assert source["reader_version"] == READER_VERSION
+    image = "Trans-thalamic/Trans-thalamic/Patient00001_Plane1_1_of_1.png"
+    assert source["files"][image][0] == (small_raw / image).stat().st_size
+    assert why_outdated(small_raw, out) is None
+
+    write_pair(small_raw, "Patient00002_Plane1_1_of_1", mask_rgb=TRANS_COLOURS[LABELS])
+    os.utime(small_raw / image, ns=(0, 0))  # rewritten: same size, another mtime
+    assert why_outdated(small_raw, out) == (
+        "root changed since it was prepared: 2 files added, 0 removed, 1 changed"
+    )
+    prepare_dataset(small_raw, out, overwrite=True)
+    assert why_outdated(small_raw, out) is None
+    (small_raw / image).unlink()
+    assert "0 files added, 1 removed, 0 changed" in why_outdated(small_raw, out)
+
+    (out / SOURCE_FILE).write_text(json.dumps(source | {"reader_version": 0}))
+    assert why_outdated(small_raw, out) == (
+        f"prepared by reader version 0, this is version {READER_VERSION}"
+    )
+    (out / SOURCE_FILE).unlink()
+    assert "source.json is missing" in why_outdated(small_raw, out)
 
 
 def test_an_interrupted_run_leaves_no_out(small_raw, tmp_path, monkeypatch):

@@ -68,7 +68,12 @@ def test_the_layout_follows_the_record(phantom_raw):
     assert sorted(p.stem for p in cerebellum.iterdir()) == sorted(
         p.stem for p in (voc / "SegmentationClass").iterdir()
     )
-    assert (voc / "labelmap.txt").read_text().splitlines()[2] == "brain:128,0,0::"
+    assert (voc / "labelmap.txt").read_text().splitlines()[1:] == [  # spelled as the record's
+        "background:0,0,0::",
+        "Brain:128,0,0::",
+        "CSP:0,128,0::",
+        "LV:128,128,0::",
+    ]
     with zipfile.ZipFile(phantom_raw / "Diverse Fetal Head Images.zip") as diverse:
         images = stems_under(diverse, "Diverse Fetal Head Images/Orginal_train_images_to_959_661")
         assert images == stems_under(

@@ -29,8 +29,9 @@ class ClassSet:
         return self.names[1:]
 
     def label(self, name: str) -> int:
+        """Label id of a class name in any case (exports spell them "Brain", "CSP")."""
         try:
-            return self.names.index(name)
+            return [known.casefold() for known in self.names].index(name.casefold())
         except ValueError:
             raise KeyError(f"unknown class {name!r}; known classes: {self.names}") from None
 

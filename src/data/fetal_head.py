@@ -9,6 +9,7 @@ reads only the prepared dir::
     OUT/masks/<plane>/<stem>.png    uint8 labels (src.data.classes.FETAL_HEAD)
     OUT/index.csv                   image,mask,plane,subject,pixel_size_mm,orig_width,orig_height
     OUT/prepare_report.json         counts, skipped and ignored files, unmapped pixels, resizes
+    OUT/source.json                 reader version and RAW's file listing when it was read
 """
 
 from __future__ import annotations
@@ -33,9 +34,17 @@ from typing import Any
 import cv2
 import numpy as np
 
+from src.data.cache import resize_mask
 from src.data.classes import FETAL_HEAD, PALETTES, RGB
 
 log = logging.getLogger(__name__)
+
+# Bump when the same raw record would be prepared differently (subjects, labels, files):
+# prepared copies of another version are then prepared again.
+READER_VERSION = 1
+SOURCE_FILE = "source.json"
+# Files by which an existing folder is recognised as a prepared copy (and may be replaced).
+PREPARED_MARKERS = ("index.csv", "prepare_report.json")
 
 PLANES = ("Trans-thalamic", "Trans-ventricular", "Trans-cerebellum", "Diverse")
 INDEX_COLUMNS = ("image", "mask", "plane", "subject", "pixel_size_mm", "orig_width", "orig_height")
@@ -58,7 +67,7 @@ _PLANE_KEYWORDS = {
 _PLANE_MATCH_CUTOFF = 0.75
 # "orginal-image", "original-size", "Orginal_Size": the original-resolution copies.
 _ORIGINAL_SIZE_COPY = re.compile(r"or[ig]{1,3}n+al[\W_]*(?:images?|size)", re.IGNORECASE)
-_PATIENT_NAME = re.compile(r"(patient\d+)", re.IGNORECASE)
+_PATIENT_NAME = re.compile(r"patient(\d+)", re.IGNORECASE)
 _HC18_NAME = re.compile(r"(\d+)_\d*HC(?:_|$)", re.IGNORECASE)
 
 IGNORED_ORIGINAL = "original-size copy (not the 959x661 data)"
@@ -89,7 +98,7 @@ class _Entry:
 
 @dataclass(frozen=True)
 class _Role:
-    kind: str  # image | mask_rgb | mask_voc | pixel_csv | archive | ignored
+    kind: str  # image | mask_rgb | mask_voc | labelmap | pixel_csv | archive | ignored
     plane: str | None = None
     reason: str | None = None  # why ignored
     where: str | None = None  # the ignored folder or archive, for the report
@@ -112,6 +121,7 @@ class _Report:
     unmapped_pixels: dict[str, int] = field(default_factory=dict)
     resized_masks: list[dict[str, Any]] = field(default_factory=list)
     names_without_subject: list[str] = field(default_factory=list)
+    labelmaps_used: list[str] = field(default_factory=list)
 
     def skip(self, path: str, reason: str) -> None:
         log.warning("skipped %s: %s", path, reason)
@@ -146,11 +156,13 @@ def plane_of_name(name: str) -> str | None:
 
 
 def subject_of_stem(stem: str) -> str | None:
-    """``PatientNNNNN`` for Trans-* names, the leading number for HC18 names (``010_2HC``)."""
+    """``PatientNNNNN`` for Trans-* names, the three-digit leading number for HC18 names
+    (``010_2HC`` -> ``010``); normalised in case and leading zeros, so that ``patient65`` and
+    ``Patient00065`` are one subject and cannot end up on both sides of a split."""
     if match := _PATIENT_NAME.match(stem):
-        return match.group(1)
+        return f"Patient{int(match.group(1)):05d}"
     if match := _HC18_NAME.match(stem):
-        return match.group(1)
+        return f"{int(match.group(1)):03d}"
     return None
 
 
@@ -166,7 +178,7 @@ def _annotation_format(parts: tuple[str, ...]) -> str | None:
     ):
         return "YOLO"
     voc_extras = ("imagesets", "segmentationobject", "jpegimages")
-    if name == "labelmap.txt" or name.endswith(".xml") or any(p in voc_extras for p in lowered):
+    if name.endswith(".xml") or any(p in voc_extras for p in lowered):
         return "Pascal VOC (SegmentationObject, ImageSets, XML)"
     if any("coco" in p or p == "annotations" for p in lowered) or name.endswith(".json"):
         return "COCO"
@@ -188,6 +200,8 @@ def _classify(parts: tuple[str, ...]) -> _Role:
         return _Role("archive") if suffix == ".zip" else _ignored(parts, IGNORED_OUTSIDE)
     if fmt := _annotation_format(parts):
         return _ignored(parts, f"{fmt} annotation export (not used)")
+    if name.lower() == "labelmap.txt":  # the colours of the Pascal VOC export it lies in
+        return _Role("labelmap", plane)
     if suffix == ".zip":
         return _Role("archive", plane)
     if suffix == ".csv" and {"pixel", "size"} <= set(_words(name)):
@@ -255,6 +269,34 @@ def read_pixel_sizes(data: bytes, source: str) -> dict[str, float]:
     return sizes
 
 
+def read_labelmap(data: bytes, source: str) -> dict[RGB, int]:
+    """Colour -> label of a CVAT Pascal VOC ``labelmap.txt`` (``name:r,g,b:parts:actions``
+    lines under a ``#`` header), its class names matched to FETAL_HEAD in any case."""
+    palette: dict[RGB, int] = {}
+    for number, line in enumerate(data.decode("utf-8-sig").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        channels = rest.split(":", 1)[0].split(",")
+        if len(channels) != 3 or not all(c.strip().isdigit() and int(c) < 256 for c in channels):
+            raise DatasetLayoutError(f"{source}:{number}: expected 'name:r,g,b::', found {line!r}")
+        try:
+            label = FETAL_HEAD.label(name.strip())
+        except KeyError:
+            raise DatasetLayoutError(
+                f"{source}:{number}: unknown class {name.strip()!r}; this project knows "
+                f"{list(FETAL_HEAD.names)} (in any case)"
+            ) from None
+        colour = tuple(int(c) for c in channels)
+        if palette.get(colour, label) != label:
+            raise DatasetLayoutError(f"{source}:{number}: colour {colour} names two classes")
+        palette[colour] = label
+    if not palette:
+        raise DatasetLayoutError(f"{source}: lists no class")
+    return palette
+
+
 def map_colours(
     rgb: np.ndarray, palette: dict[RGB, int], tolerance: float
 ) -> tuple[np.ndarray, int]:
@@ -301,15 +343,30 @@ def _same_aspect(mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> bool:
 # ---------------------------------------------------------------------------- prepare
 
 
-def _collect(entries: Iterator[_Entry], report: _Report):
-    """Sort RAW's files by role; nothing is decoded here."""
-    images: dict[tuple[str, str], _Entry] = {}
-    masks: dict[tuple[str, str], dict[str, _Entry]] = defaultdict(dict)
-    pixel_sizes: dict[tuple[str, str], float] = {}
+@dataclass
+class _Sources:
+    """RAW's files by role; nothing decoded yet except the small pixel-size CSVs."""
+
+    images: dict[tuple[str, str], _Entry] = field(default_factory=dict)  # (plane, stem)
+    masks: dict[tuple[str, str], dict[str, _Entry]] = field(
+        default_factory=lambda: defaultdict(dict)  # (plane, stem) -> mask kind -> entry
+    )
+    pixel_sizes: dict[tuple[str, str], float] = field(default_factory=dict)
+    labelmaps: dict[tuple[str, ...], _Entry] = field(default_factory=dict)  # by export folder
+    labelmap_palettes: dict[str, dict[RGB, int]] = field(default_factory=dict)  # those read
+
+
+def _collect(entries: Iterator[_Entry], report: _Report) -> _Sources:
+    """Sort RAW's files by role."""
+    sources = _Sources()
+    images, masks, pixel_sizes = sources.images, sources.masks, sources.pixel_sizes
     for entry in entries:
         role = _classify(entry.parts)
         if role.kind == "ignored":
             report.ignore(role)
+            continue
+        if role.kind == "labelmap":
+            sources.labelmaps[entry.parts[:-1]] = entry
             continue
         if role.kind == "pixel_csv":
             try:
@@ -326,7 +383,7 @@ def _collect(entries: Iterator[_Entry], report: _Report):
             report.skip(entry.path, f"duplicate of {slot[slot_key].path}")
         else:
             slot[slot_key] = entry
-    return images, masks, pixel_sizes
+    return sources
 
 
 def _not_this_dataset(raw_dir: Path, report: _Report) -> DatasetLayoutError:
@@ -341,6 +398,23 @@ def _not_this_dataset(raw_dir: Path, report: _Report) -> DatasetLayoutError:
     )
 
 
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """OUT may be written if it is missing, or replaced with ``overwrite`` if it holds an
+    earlier prepared copy (or nothing): never a folder of anything else."""
+    if not out_dir.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=true to replace it")
+    if not out_dir.is_dir():
+        raise FileExistsError(f"out_dir {out_dir} is a file, not an earlier prepared copy")
+    is_prepared = all((out_dir / marker).is_file() for marker in PREPARED_MARKERS)
+    if not is_prepared and any(out_dir.iterdir()):
+        raise FileExistsError(
+            f"out_dir {out_dir} holds no prepared copy (no {' and '.join(PREPARED_MARKERS)}): "
+            "overwrite=true replaces only an earlier prepared copy; choose another out_dir"
+        )
+
+
 def _check_destination(raw_dir: Path, out_dir: Path, overwrite: bool) -> None:
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"raw_dir {raw_dir} is not a folder (expected the record's zips)")
@@ -348,12 +422,16 @@ def _check_destination(raw_dir: Path, out_dir: Path, overwrite: bool) -> None:
     # Either way round, a re-run would read its own output or replace the raw record.
     if out.is_relative_to(raw) or raw.is_relative_to(out):
         raise ValueError(f"out_dir {out_dir} and raw_dir {raw_dir} must not contain one another")
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=true to replace it")
+    _check_replaceable(out_dir, overwrite)
 
 
-def _replace(out_dir: Path, staging: Path) -> None:
-    """Swap the finished staging folder in; the old OUT is deleted only after the swap."""
+def _replace(out_dir: Path, staging: Path, overwrite: bool) -> None:
+    """Swap the finished staging folder in; the old OUT is deleted only after the swap.
+
+    Checked again here: OUT may have appeared while reading (another process preparing the
+    same OUT), and is then not swapped out from under it unless ``overwrite`` says so.
+    """
+    _check_replaceable(out_dir, overwrite)
     if not out_dir.exists():
         staging.rename(out_dir)
         return
@@ -361,6 +439,50 @@ def _replace(out_dir: Path, staging: Path) -> None:
     out_dir.rename(retired)
     staging.rename(out_dir)
     shutil.rmtree(retired)
+
+
+# ---------------------------------------------------------------------------- source listing
+
+
+def source_record(raw_dir: Path) -> dict[str, Any]:
+    """The reader version and RAW's listing (relative name -> [size, mtime_ns]): a cheap
+    fingerprint that changes when files are added, removed or rewritten, read no content."""
+    raw_dir = Path(raw_dir)
+    files = {}
+    for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
+        stat = path.stat()
+        files[path.relative_to(raw_dir).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+    return {"reader_version": READER_VERSION, "files": files}
+
+
+def write_source_record(raw_dir: Path, out_dir: Path, record: dict[str, Any] | None = None) -> None:
+    """``OUT/source.json``: what OUT was prepared from (``record``, default RAW as it is now)."""
+    record = record or source_record(raw_dir)
+    (Path(out_dir) / SOURCE_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def why_outdated(raw_dir: Path, prepared_dir: Path) -> str | None:
+    """Why ``prepared_dir`` is not (or no longer) RAW prepared by this reader; None if it is."""
+    if not (Path(prepared_dir) / "index.csv").is_file():
+        return "not prepared yet"
+    source = Path(prepared_dir) / SOURCE_FILE
+    if not source.is_file():
+        return f"{source} is missing (prepared by an older version)"
+    recorded, current = json.loads(source.read_text()), source_record(raw_dir)
+    if recorded.get("reader_version") != READER_VERSION:
+        return (
+            f"prepared by reader version {recorded.get('reader_version')}, "
+            f"this is version {READER_VERSION}"
+        )
+    before, now = recorded.get("files", {}), current["files"]
+    added, removed = len(now.keys() - before.keys()), len(before.keys() - now.keys())
+    changed = sum(now[name] != before[name] for name in now.keys() & before.keys())
+    if added or removed or changed:
+        return (
+            f"root changed since it was prepared: {added} files added, {removed} removed, "
+            f"{changed} changed"
+        )
+    return None
 
 
 def prepare_dataset(
@@ -377,15 +499,17 @@ def prepare_dataset(
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     _check_destination(raw_dir, out_dir, overwrite)
+    # Listed before reading, so a file changing during the run makes the copy outdated.
+    source = source_record(raw_dir)
     report = _Report()
     with ExitStack() as stack:
-        images, masks, pixel_sizes = _collect(_walk(raw_dir, stack), report)
-        if not images:
+        sources = _collect(_walk(raw_dir, stack), report)
+        if not sources.images:
             raise _not_this_dataset(raw_dir, report)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
         try:
-            rows = _convert(images, masks, pixel_sizes, staging, colour_tolerance, report)
+            rows = _convert(sources, staging, colour_tolerance, report)
             if not rows:
                 raise DatasetLayoutError(
                     f"{raw_dir}: no image could be paired with a readable mask; "
@@ -394,7 +518,8 @@ def prepare_dataset(
             summary = _summarise(raw_dir, rows, report)
             _write_index(staging / "index.csv", rows)
             (staging / "prepare_report.json").write_text(json.dumps(summary, indent=2) + "\n")
-            _replace(out_dir, staging)
+            write_source_record(raw_dir, staging, source)
+            _replace(out_dir, staging, overwrite)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     log.info(
@@ -408,8 +533,21 @@ def prepare_dataset(
     return summary
 
 
-def _convert(images, masks, pixel_sizes, staging: Path, tolerance: float, report: _Report):
+def _voc_palette(mask_entry: _Entry, sources: _Sources, report: _Report) -> dict[RGB, int]:
+    """The colours of a Pascal VOC mask: its export's labelmap.txt, else the VOC palette.
+    Each labelmap is read once, when a mask first needs it (an unused export is not read)."""
+    labelmap = sources.labelmaps.get(mask_entry.parts[:-2])  # <export>/SegmentationClass/x.png
+    if labelmap is None:
+        return PALETTES["voc"]
+    if labelmap.path not in sources.labelmap_palettes:
+        sources.labelmap_palettes[labelmap.path] = read_labelmap(labelmap.read(), labelmap.path)
+        report.labelmaps_used.append(labelmap.path)
+    return sources.labelmap_palettes[labelmap.path]
+
+
+def _convert(sources: _Sources, staging: Path, tolerance: float, report: _Report):
     """Decode each paired image and mask once, write them; return the index rows."""
+    images, masks, pixel_sizes = sources.images, sources.masks, sources.pixel_sizes
     for plane in PLANES:
         (staging / "images" / plane).mkdir(parents=True)
         (staging / "masks" / plane).mkdir(parents=True)
@@ -419,13 +557,13 @@ def _convert(images, masks, pixel_sizes, staging: Path, tolerance: float, report
     rows = []
     for plane, stem in sorted(images, key=lambda k: (PLANES.index(k[0]), k[1])):
         image_entry = images[(plane, stem)]
-        sources = masks.get((plane, stem), {})
+        exports = masks.get((plane, stem), {})
         # The RGB SegmentationClass export is the reference; Pascal VOC only when it is alone.
-        mask_kind = "mask_rgb" if "mask_rgb" in sources else "mask_voc"
-        if mask_kind not in sources:
+        mask_kind = "mask_rgb" if "mask_rgb" in exports else "mask_voc"
+        if mask_kind not in exports:
             report.skip(image_entry.path, "image without mask")
             continue
-        mask_entry = sources[mask_kind]
+        mask_entry = exports[mask_kind]
         image = _decode(image_entry.read(), cv2.IMREAD_GRAYSCALE)
         if image is None:
             report.skip(image_entry.path, "unreadable image")
@@ -434,10 +572,11 @@ def _convert(images, masks, pixel_sizes, staging: Path, tolerance: float, report
         if bgr is None:
             report.skip(mask_entry.path, "unreadable mask")
             continue
-        palette = (
-            "voc" if mask_kind == "mask_voc" else ("diverse" if plane == "Diverse" else "trans")
-        )
-        labels, unmapped = map_colours(bgr[..., ::-1], PALETTES[palette], tolerance)
+        if mask_kind == "mask_voc":
+            palette = _voc_palette(mask_entry, sources, report)
+        else:
+            palette = PALETTES["diverse" if plane == "Diverse" else "trans"]
+        labels, unmapped = map_colours(bgr[..., ::-1], palette, tolerance)
         if unmapped:
             report.unmapped_pixels[mask_entry.path] = unmapped
         if labels.shape != image.shape:
@@ -447,7 +586,7 @@ def _convert(images, masks, pixel_sizes, staging: Path, tolerance: float, report
                     mask_entry.path, f"mask {mw}x{mh} has another aspect than image {iw}x{ih}"
                 )
                 continue
-            labels = cv2.resize(labels, (iw, ih), interpolation=cv2.INTER_NEAREST_EXACT)
+            labels = resize_mask(labels, (ih, iw))
             report.resized_masks.append({"mask": mask_entry.path, "from": [mw, mh], "to": [iw, ih]})
         subject = subject_of_stem(stem)
         if subject is None:
@@ -513,4 +652,5 @@ def _summarise(raw_dir: Path, rows: list[dict[str, Any]], report: _Report) -> di
         },
         "resized_masks": report.resized_masks,
         "names_without_subject": report.names_without_subject,
+        "voc_labelmaps": sorted(report.labelmaps_used),
     }

@@ -41,6 +41,7 @@ REAL_SIZE = (959, 661)
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _CSP_RATE, _LV_RATE = 0.5, 0.4  # about the record's share of images with CSP / LV
 _DECOY_IMAGES = 2  # images given the unused annotation exports; a few show they are ignored
+_RECORD_CLASS_NAMES = ("background", "Brain", "CSP", "LV")  # by label, as its labelmaps say
 
 
 @dataclass(frozen=True)
@@ -175,9 +176,10 @@ def _mask_png(labels: np.ndarray, palette: str) -> bytes:
 
 
 def _labelmap() -> bytes:
+    """CVAT's labelmap.txt of a Pascal VOC export, class names spelled as in the record."""
     lines = ["# label:color_rgb:parts:actions"]
     for colour, label in PALETTES["voc"].items():
-        lines.append(f"{FETAL_HEAD.names[label]}:{','.join(map(str, colour))}::")
+        lines.append(f"{_RECORD_CLASS_NAMES[label]}:{','.join(map(str, colour))}::")
     return ("\n".join(lines) + "\n").encode()
 
 

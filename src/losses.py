@@ -5,6 +5,30 @@ The losses themselves are smp's (DiceLoss, FocalLoss, TverskyLoss, Lovasz-Softma
 one spelling of the class options every config shares (``with_class_options``), the class
 choice smp's LovaszLoss does not expose (``LovaszSoftmaxLoss``) and weighted sums of losses
 (``CombinedLoss``).
+
+What each config computes (smp 0.6; ``w`` = ``class_weights``, over the included classes):
+
+- ``dice``: per class, over the whole batch, ``1 - 2 sum(p t) / (sum p + sum t)`` with
+  ``p = softmax(logits)``. A class absent from the batch's target adds 0 but still counts in
+  the mean over classes; with weights the mean is ``sum(w loss) / sum(w)``.
+- ``tversky``: as ``dice`` with ``1 - TP / (TP + alpha FP + beta FN)``, the mean raised to
+  ``gamma``; alpha = beta = 0.5 is Dice, beta > alpha favours recall of the small CSP/LV.
+- ``ce``: torch's mean over pixels of ``-log p[true class]``; with weights the weighted mean
+  ``sum(w[y] loss) / sum(w[y])`` over pixels.
+- ``focal``: smp's multiclass focal is one-vs-rest, not softmax: for each class c a *binary*
+  focal loss ``(1 - p_t)^gamma BCE`` on ``sigmoid(logit_c)`` against ``target == c``, mean over
+  pixels, then the (weighted) mean over classes. ``alpha: null``: smp's binary alpha would
+  weigh every class's positives against its negatives. Its sigmoid differs from the softmax of
+  the other terms, which leaves the argmax used at inference unchanged.
+- ``lovasz``: the mean, over the included classes present in the batch, of the Lovasz
+  extension of ``1 - IoU`` on softmax probabilities; no class weights (see the class).
+- ``dice_ce``, ``dice_focal``: ``CombinedLoss`` of the configs above, each weight 1.
+
+Background: ``include_background: false`` maps to smp's ``classes=[1..C-1]`` (dice, tversky,
+lovasz); for ce and focal a class weight of 0 leaves it out. ``ignore_index`` is unset, as the
+masks have no void label: smp's Dice and Tversky would zero such pixels in prediction and
+target, smp's focal and Lovasz and torch's CE drop them; unset, a void label makes Dice fail in
+``one_hot`` but counts as a negative of every class in focal.
 """
 
 from __future__ import annotations
@@ -54,13 +78,12 @@ def with_class_options(
 
 
 def _checked_class_weights(class_weights: Sequence[float], num_classes: int) -> list[float]:
-    weights = [float(weight) for weight in class_weights]
-    if len(weights) != num_classes:
+    if len(class_weights) != num_classes:
         raise ValueError(
-            f"class_weights has {len(weights)} values {weights}, expected one per class: "
-            f"{num_classes} (data.num_classes), background first"
+            f"class_weights has {len(class_weights)} values {list(class_weights)}, expected one "
+            f"per class: {num_classes} (data.num_classes), background first"
         )
-    return _checked_weights(weights, "class_weights")
+    return _checked_weights(class_weights, "class_weights")
 
 
 def _checked_weights(weights: Sequence[float], key: str) -> list[float]:
@@ -86,6 +109,7 @@ class LovaszSoftmaxLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # float32: smp's core dots the errors with float32 Jaccard steps (fails on bf16 under AMP).
         probabilities = logits.float().softmax(dim=1)
         chosen = range(logits.shape[1]) if self.classes is None else self.classes
         in_target = set(torch.unique(target).tolist())

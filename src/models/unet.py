@@ -1,43 +1,51 @@
 """Classic UNet (Ronneberger et al. 2015) written from scratch, with batch norm and padding.
 
 Written by hand because smp's Unet always has a pretrained-style encoder; this is the
-plain baseline the literature on this dataset compares against.
+plain baseline the literature on this dataset compares against. A ``skip_gate`` hook lets
+variants (the attention UNet) filter each skip connection without copying the network.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from src.models.blocks import check_image_batch, check_pad_mode, conv_bn_relu, pad_to_multiple
 
 # Four 2x poolings: the spatial size must be divisible by 2**4 at the bottleneck.
 _DEPTH = 4
 _SIZE_MULTIPLE = 2**_DEPTH
 
+# (skip_channels, gating_channels) -> module(skip, gating) returning the gated skip, where
+# gating is the coarser decoder feature (half the skip's resolution) about to be upsampled.
+SkipGateFactory = Callable[[int, int], nn.Module]
+
 
 class DoubleConv(nn.Sequential):
-    """(conv3x3 -> BN -> ReLU) x 2; the conv has no bias because BN adds one."""
+    """(conv3x3 -> BN -> ReLU) x 2."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
+            *conv_bn_relu(in_channels, out_channels), *conv_bn_relu(out_channels, out_channels)
         )
 
 
 class Up(nn.Module):
-    """Transposed-conv upsampling, concatenation with the skip, DoubleConv."""
+    """Transposed-conv upsampling, concatenation with the (optionally gated) skip, DoubleConv."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, skip_gate: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.upsample = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        self.skip_gate = skip_gate
         self.conv = DoubleConv(2 * out_channels, out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if self.skip_gate is not None:
+            skip = self.skip_gate(skip, x)
         return self.conv(torch.cat([skip, self.upsample(x)], dim=1))
 
 
@@ -54,10 +62,10 @@ class UNet(nn.Module):
         num_classes: int = 4,
         base_channels: int = 64,
         pad_mode: str = "reflect",
+        skip_gate: SkipGateFactory | None = None,
     ) -> None:
         super().__init__()
-        if pad_mode not in ("reflect", "constant"):
-            raise ValueError(f"pad_mode must be 'reflect' or 'constant', got {pad_mode!r}")
+        check_pad_mode(pad_mode)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.pad_mode = pad_mode
@@ -69,17 +77,18 @@ class UNet(nn.Module):
             for level in range(_DEPTH)
         )
         self.ups = nn.ModuleList(
-            Up(widths[level + 1], widths[level]) for level in reversed(range(_DEPTH))
+            Up(
+                widths[level + 1],
+                widths[level],
+                skip_gate(widths[level], widths[level + 1]) if skip_gate else None,
+            )
+            for level in reversed(range(_DEPTH))
         )
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"UNet expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
-        height, width = x.shape[-2:]
-        x, (top, left) = self._pad_to_multiple(x)
+        check_image_batch(x, self.in_channels, type(self).__name__)
+        x, (rows, cols) = pad_to_multiple(x, _SIZE_MULTIPLE, self.pad_mode)
 
         skips = [self.stem(x)]
         for down in self.downs:
@@ -87,19 +96,4 @@ class UNet(nn.Module):
         x = skips.pop()
         for up in self.ups:
             x = up(x, skips.pop())
-        logits = self.head(x)
-        return logits[..., top : top + height, left : left + width]
-
-    def _pad_to_multiple(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Pad H and W symmetrically up to a multiple of 16; return the (top, left) offsets."""
-        height, width = x.shape[-2:]
-        pad_h = -height % _SIZE_MULTIPLE
-        pad_w = -width % _SIZE_MULTIPLE
-        if pad_h == 0 and pad_w == 0:
-            return x, (0, 0)
-        top, left = pad_h // 2, pad_w // 2
-        padding = (left, pad_w - left, top, pad_h - top)
-        # Reflect padding needs each pad smaller than the side it mirrors.
-        can_reflect = max(padding[:2]) < width and max(padding[2:]) < height
-        mode = self.pad_mode if can_reflect else "constant"
-        return F.pad(x, padding, mode=mode), (top, left)
+        return self.head(x)[..., rows, cols]

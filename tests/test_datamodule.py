@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
+import shutil
 from pathlib import Path
 
 import cv2
@@ -18,8 +21,10 @@ from test_cache import write_prepared_dir
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from src.data import datamodule as datamodule_module
+from src.data.cache import read_index
 from src.data.classes import FETAL_HEAD
 from src.data.datamodule import FetalHeadDataModule
+from src.data.fetal_head import write_source_record
 
 ROOT = Path(__file__).resolve().parents[1]
 AUGMENTATIONS = sorted((ROOT / "conf" / "augmentation").glob("*.yaml"))
@@ -28,13 +33,15 @@ ROWS = [(f"P{i}", plane) for i in range(9) for plane in ("tt", "tc")]
 
 
 def fake_datamodule(tmp_path: Path, **overrides) -> FetalHeadDataModule:
-    """A datamodule whose prepared dir is a fake one, already in its keyed place."""
+    """A datamodule whose prepared dir is a fake one, already in its keyed place and up to
+    date with its (empty) root."""
     root = tmp_path / "raw"
     root.mkdir(exist_ok=True)
     args = dict(root=root, cache_dir=tmp_path / "prepared", image_size=(32, 24), batch_size=4)
     dm = FetalHeadDataModule(**(args | dict(n_folds=3, fold=0, seed=0) | overrides))
     if not dm.prepared_dir.exists():
         write_prepared_dir(dm.prepared_dir, ROWS)
+        write_source_record(root, dm.prepared_dir)
     return dm
 
 
@@ -57,8 +64,38 @@ def test_a_missing_root_without_synthetic_is_an_error_naming_it(tmp_path):
 
 
 def test_an_incomplete_synthetic_setting_is_named(tmp_path):
-    with pytest.raises(ValueError, match="data.synthetic must have the keys n_subjects, size"):
+    with pytest.raises(ValueError, match="data.synthetic must have the keys root, n_subjects"):
         FetalHeadDataModule(root=tmp_path, cache_dir=tmp_path, synthetic={"n_subjects": 3})
+
+
+def tiny_phantom(root: Path) -> dict:
+    """A data.synthetic setting: 6 subjects at 64x48, generated only at ``root``."""
+    return {"root": str(root), "n_subjects": 6, "size": [64, 48], "seed": 0}
+
+
+def test_a_missing_root_other_than_the_phantoms_own_is_an_error_not_a_phantom(tmp_path, caplog):
+    typo = tmp_path / "some" / "typo"
+    dm = FetalHeadDataModule(
+        root=typo, cache_dir=tmp_path / "prepared", synthetic=tiny_phantom(tmp_path / "phantom")
+    )
+    with pytest.raises(FileNotFoundError, match=rf"data root {typo} does not exist.*only at"):
+        dm.prepare_data()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no phantom anywhere
+    assert "SYNTHETIC" not in caplog.text
+
+
+def test_the_default_data_config_refuses_a_mistyped_root(tmp_path):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[f"data.root={tmp_path / 'typo'}", f"paths.output_dir={tmp_path}"],
+        )
+    assert cfg.data.synthetic.root == f"{cfg.paths.data_dir}/phantom"
+    dm = hydra.utils.instantiate(cfg.data)
+    assert not dm.is_synthetic
+    with pytest.raises(FileNotFoundError, match=r"typo does not exist"):
+        dm.prepare_data()
+    assert not (tmp_path / "typo").exists()
 
 
 def test_a_synthetic_root_is_generated_on_first_use_only(tmp_path, monkeypatch, caplog):
@@ -77,7 +114,7 @@ def test_a_synthetic_root_is_generated_on_first_use_only(tmp_path, monkeypatch, 
         cache_dir=tmp_path / "prepared",
         image_size=(32, 32),
         n_folds=3,
-        synthetic={"n_subjects": 6, "size": [64, 48], "seed": 0},
+        synthetic=tiny_phantom(tmp_path / "phantom"),
     )
     with caplog.at_level("WARNING"):
         ready(FetalHeadDataModule(**args))
@@ -231,7 +268,7 @@ def test_the_data_configs_compose(data, tmp_path):
         return
     dm = hydra.utils.instantiate(cfg.data)
     assert isinstance(dm, FetalHeadDataModule)
-    assert dm.root == Path(cfg.paths.data_dir) / "phantom" and dm.synthetic is not None
+    assert dm.root == Path(cfg.paths.data_dir) / "phantom" and dm.is_synthetic
     assert dm.splits_out == tmp_path / "splits.json"
     assert type(dm.train_transform).__name__ == "Compose"
 
@@ -258,5 +295,76 @@ def test_the_phantom_record_end_to_end(phantom_raw, prepared_dir, tmp_path):
                 str(phantom_raw / "phantom_truth" / "labels" / Path(image_id).name),
                 cv2.IMREAD_UNCHANGED,
             )
-            expected = cv2.resize(truth, (48, 32), interpolation=cv2.INTER_NEAREST)
+            expected = cv2.resize(truth, (48, 32), interpolation=cv2.INTER_NEAREST_EXACT)
             np.testing.assert_array_equal(mask.numpy(), expected)
+
+
+def test_a_root_changed_since_it_was_prepared_is_prepared_again(phantom_raw, tmp_path, caplog):
+    """A partial download completed after the first run: the new images are used, and said."""
+    root = tmp_path / "record"
+    shutil.copytree(phantom_raw, root, ignore=shutil.ignore_patterns("Trans-cerebellum*"))
+    args = dict(root=root, cache_dir=tmp_path / "prepared", image_size=(32, 48), n_folds=3)
+    before = set(read_index(ready(FetalHeadDataModule(**args)).prepared_dir)["plane"])
+    assert "Trans-cerebellum" not in before
+
+    for name in ("Trans-cerebellum", "Trans-cerebellum-PASCAL"):
+        shutil.copytree(phantom_raw / name, root / name)
+    n_added = sum(p.is_file() for p in (root / "Trans-cerebellum").rglob("*"))
+    n_added += sum(p.is_file() for p in (root / "Trans-cerebellum-PASCAL").rglob("*"))
+    with caplog.at_level("WARNING"):
+        again = ready(FetalHeadDataModule(**args))
+    assert f"root changed since it was prepared: {n_added} files added" in caplog.text
+    assert "re-preparing" in caplog.text
+    rows = read_index(again.prepared_dir)
+    assert "Trans-cerebellum" in set(rows["plane"])
+    assert sum(len(again.splits[s]) for s in ("train", "val", "test")) == len(rows)
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        ready(FetalHeadDataModule(**args))
+    assert "preparing" not in caplog.text  # up to date now
+
+
+def prepare_and_train_in_this_process(tmp_path: Path, run: int, barrier) -> None:
+    """One of two concurrent runs (a forked process): its data log goes to log<run>.txt."""
+    torch.set_num_threads(1)  # no intra-op thread pool inherited over fork
+    handler = logging.FileHandler(tmp_path / f"log{run}.txt")
+    logging.getLogger("src.data").addHandler(handler)
+    logging.getLogger("src.data").setLevel(logging.INFO)
+    root = tmp_path / "phantom"
+    dm = FetalHeadDataModule(
+        root=root,
+        cache_dir=tmp_path / "prepared",
+        image_size=(16, 24),
+        n_folds=3,
+        synthetic={"root": str(root), "n_subjects": 6, "size": [48, 33], "seed": 0},
+    )
+    barrier.wait(timeout=30)  # both start preparing at the same moment
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(list(dm.train_dataloader())) > 0
+
+
+def test_two_processes_preparing_the_same_fresh_root_build_once_and_both_train(tmp_path):
+    """A parallel sweep on a fresh machine: the phantom, the prepared copy and the cache are
+    each built by one process while the other waits, then reused; neither run fails."""
+    context = multiprocessing.get_context("fork")  # spawn would import torch again: seconds
+    barrier = context.Barrier(2)
+    runs = [
+        context.Process(target=prepare_and_train_in_this_process, args=(tmp_path, i, barrier))
+        for i in range(2)
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=120)
+    logs = "".join((tmp_path / f"log{i}.txt").read_text() for i in range(2))
+    assert [run.exitcode for run in runs] == [0, 0], logs
+    lines = logs.splitlines()
+
+    def count(start: str) -> int:
+        return sum(line.startswith(start) for line in lines)
+
+    # Generated, prepared and cached once; the other process waited, then reused them.
+    assert (count("data root"), count("preparing"), count("caching")) == (1, 1, 1), logs
+    assert count("waiting for another process") >= 1, logs

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from src.models import AttentionGate, AttentionUNet, PadToMultiple, SegNet, UNet, build_smp_model
+from src.models.segnet import MaxUnpool2x2
 
 CONF_DIR = Path(__file__).parents[1] / "conf"
 MODEL_CONFIGS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
@@ -157,6 +158,24 @@ def test_segnet_has_vgg16_stages_and_unpools_with_the_pooling_indices():
     net(torch.randn(1, 1, 64, 64))
     # Each decoder stage unpools with the indices of the encoder stage it mirrors.
     assert len(pooled) == 5 and all(map(torch.equal, unpooled, reversed(pooled)))
+
+
+@pytest.mark.parametrize("size", [(4, 6), (32, 64)])
+def test_segnet_unpooling_matches_torch_max_unpool(size):
+    pooled, indices = F.max_pool2d(torch.randn(2, 3, *size), 2, return_indices=True)
+    expected = F.max_unpool2d(pooled, indices, 2)
+    assert torch.equal(MaxUnpool2x2()(pooled, indices), expected)
+
+
+def test_segnet_trains_under_deterministic_algorithms():
+    # The default trainer sets deterministic: true; torch's MaxUnpool2d refuses it.
+    net = SegNet(base_channels=8)
+    torch.use_deterministic_algorithms(True)
+    try:
+        net(torch.randn(2, 1, 32, 32)).logsumexp(dim=1).mean().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert net.encoder[0][0].weight.grad.abs().sum() > 0
 
 
 # --- the smp factory ----------------------------------------------------------------------

@@ -29,6 +29,27 @@ def _stage(in_channels: int, out_channels: int, n_convs: int, width: int) -> nn.
     )
 
 
+def _repeat_2x2(x: torch.Tensor) -> torch.Tensor:
+    """Each pixel repeated into a 2x2 block (a view and a copy: deterministic backward)."""
+    *batch, height, width = x.shape
+    blocks = x[..., :, None, :, None].expand(*batch, height, 2, width, 2)
+    return blocks.reshape(*batch, 2 * height, 2 * width)
+
+
+class MaxUnpool2x2(nn.Module):
+    """What ``nn.MaxUnpool2d(2, stride=2)`` computes, by comparison instead of a scatter.
+
+    torch's MaxUnpool2d refuses ``torch.use_deterministic_algorithms(True)``, which the
+    default trainer sets. With non-overlapping 2x2 windows each output pixel has one
+    candidate: its window's maximum, kept where the pooling index points at that pixel.
+    """
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        height, width = 2 * x.shape[-2], 2 * x.shape[-1]
+        positions = torch.arange(height * width, device=x.device).view(height, width)
+        return _repeat_2x2(x) * (_repeat_2x2(indices) == positions)
+
+
 class SegNet(nn.Module):
     """SegNet with batch norm; ``forward`` returns logits (B, num_classes, H, W).
 
@@ -64,7 +85,7 @@ class SegNet(nn.Module):
             for level in reversed(range(len(widths)))
         )
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
-        self.unpool = nn.MaxUnpool2d(2, stride=2)
+        self.unpool = MaxUnpool2x2()
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -132,6 +132,7 @@ class SpeckleNoise(ImageOnlyTransform):
         looks = int(self.random_generator.integers(self.looks[0], self.looks[1], endpoint=True))
         axial, lateral = (fraction * width for fraction in self.grain)
         power = np.zeros((height, width), np.float32)
+        # sigma 0 would make cv2 derive it from the kernel size; a tiny one blurs nothing.
         for _ in range(looks):
             real, imaginary = (
                 cv2.GaussianBlur(field, (0, 0), sigmaX=lateral + 1e-6, sigmaY=axial + 1e-6)

@@ -157,7 +157,7 @@ def test_segnet_has_vgg16_stages_and_unpools_with_the_pooling_indices():
     net.unpool.register_forward_hook(lambda module, args, output: unpooled.append(args[1]))
     net(torch.randn(1, 1, 64, 64))
     # Each decoder stage unpools with the indices of the encoder stage it mirrors.
-    assert len(pooled) == 5 and all(map(torch.equal, unpooled, reversed(pooled)))
+    assert len(pooled) == len(unpooled) == 5 and all(map(torch.equal, unpooled, reversed(pooled)))
 
 
 @pytest.mark.parametrize("size", [(4, 6), (32, 64)])
@@ -170,11 +170,12 @@ def test_segnet_unpooling_matches_torch_max_unpool(size):
 def test_segnet_trains_under_deterministic_algorithms():
     # The default trainer sets deterministic: true; torch's MaxUnpool2d refuses it.
     net = SegNet(base_channels=8)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         net(torch.randn(2, 1, 32, 32)).logsumexp(dim=1).mean().backward()
     finally:
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(was_deterministic)
     assert net.encoder[0][0].weight.grad.abs().sum() > 0
 
 

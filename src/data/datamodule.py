@@ -295,12 +295,24 @@ class FetalHeadDataModule(pl.LightningDataModule):
         }
 
     def _loader(self, split: str) -> DataLoader:
+        """Under DDP, val and test see every image exactly once: Lightning's padding
+        DistributedSampler would repeat images to even out the processes and bias every mean,
+        and Lightning keeps a sampler that already is a DistributedSampler. (Training keeps
+        Lightning's, whose equal batch counts DDP's gradient sync needs.)"""
+        from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
         dataset = self._datasets[split]
         training = split == "train"
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=training,
+            sampler=(
+                UnrepeatedDistributedSampler(dataset, shuffle=False)
+                if distributed and not training
+                else None
+            ),
             drop_last=training and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             # Pinning only helps host-to-GPU copies; on a CPU-only machine torch warns.

@@ -1,4 +1,5 @@
-"""Run plumbing shared by the entry points: config tree, instantiation, the task wrapper."""
+"""Run plumbing shared by the entry points: config tree, instantiation, the task wrapper,
+keeping what an earlier run wrote."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ from typing import Any
 import hydra
 import rich.syntax
 import rich.tree
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig, OmegaConf, read_write
 from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 
 log = logging.getLogger(__name__)
 
 
+@rank_zero_only  # DDP re-runs the command in each process; the config is printed and saved once
 def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
     """Print the resolved config as a tree (one branch per group) and save it beside the run."""
     tree = rich.tree.Tree("CONFIG", guide_style="dim")
@@ -46,6 +50,25 @@ def keep_existing(path: Path) -> Path:
         stamped = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
     log.warning(f"{path} exists and is kept; writing {stamped.name}")
     return stamped
+
+
+class KeepHydraRecord(HydraCallback):
+    """Hydra writes its record (``.hydra/``: config, overrides) when a job starts, over the
+    record of the run that a run resumed in place (``hydra.run.dir=<run folder>``) continues.
+    Before that, point it to a timestamped sibling (``.hydra.<time>/``), as ``keep_existing``
+    does for our own files. Hydra offers no setting for this; a run-start callback is its hook.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        subdir = config.hydra.output_subdir
+        if subdir is None:  # no record written (e.g. the extra processes of a DDP run)
+            return
+        run_dir = Path(config.hydra.run.dir)
+        if (run_dir / subdir).exists():
+            with read_write(config.hydra):
+                config.hydra.output_subdir = str(
+                    keep_existing(run_dir / subdir).relative_to(run_dir)
+                )
 
 
 def instantiate_list(cfg: DictConfig | None, kind: type) -> list:

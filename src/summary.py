@@ -21,12 +21,21 @@ def build_summary(
     class_names: Sequence[str],
     empty_rule: str,
     image_info: dict[str, dict] | None = None,
+    training: dict | None = None,
 ) -> dict:
-    """Mean and per-class scores, per-image values (with plane/subject when known)."""
+    """Mean and per-class scores, per-image values (with plane/subject when known), and the
+    ``training`` record of the fit that produced the checkpoint (None when not trained here).
+
+    Per-image rows follow ``image_info``'s order (the split's), so the file is the same
+    whatever order the rows were gathered in (under DDP: process by process).
+    """
     info = image_info or {}
-    images = [{**info.get(row["id"], {}), **row} for row in per_image]
+    order = {image_id: i for i, image_id in enumerate(info)}
+    rows = sorted(per_image, key=lambda row: order.get(row["id"], len(order)))
+    images = [{**info.get(row["id"], {}), **row} for row in rows]
     return {
         "checkpoint": str(checkpoint) if checkpoint else None,
+        "training": training,
         "num_images": len(images),
         "classes": list(class_names[1:]),
         "empty_mask_rule": empty_rule,
@@ -53,17 +62,18 @@ def print_summary_table(summary: dict) -> None:
     table.add_column("Dice", justify="right")
     table.add_column("IoU", justify="right")
     for name, scores in summary["per_class"].items():
-        table.add_row(name, _fmt(scores["dice"]), _fmt(scores["iou"]))
+        table.add_row(name, format_score(scores["dice"]), format_score(scores["iou"]))
     table.add_row(
         "mean",
-        _fmt(summary["mean"].get("dice_mean")),
-        _fmt(summary["mean"].get("iou_mean")),
+        format_score(summary["mean"].get("dice_mean")),
+        format_score(summary["mean"].get("iou_mean")),
         style="bold",
     )
     Console().print(table)
 
 
-def _fmt(value: float | None) -> str:
+def format_score(value: float | None) -> str:
+    """Four decimals, or n/a for a missing or undefined (NaN) score."""
     return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
 
 

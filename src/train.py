@@ -13,8 +13,10 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+from src.lit.callbacks import TrainingLog
 from src.lit.segmentation import SegmentationModule
 from src.metrics import EMPTY_MASK_RULE
 from src.summary import build_summary, print_summary_table, write_summary
@@ -49,6 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
         class_names=datamodule.class_names,
+        scheduler_monitor=cfg.optimized_metric,
     )
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(
@@ -58,17 +61,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # The last epoch's values, and the best checkpoint's score, which sweepers optimise.
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    keeper = best_checkpoint_callback(trainer, cfg.optimized_metric)
+    if keeper is not None and keeper.best_model_score is not None:
+        metrics[f"{cfg.optimized_metric}_best"] = float(keeper.best_model_score)
 
     if cfg.test:
-        metrics |= test_best_checkpoint(trainer, module, datamodule)
+        best = Path(keeper.best_model_path) if keeper and keeper.best_model_path else None
+        # Read before testing: loading the best checkpoint restores the callbacks' states.
+        training = next((c.record() for c in trainer.callbacks if isinstance(c, TrainingLog)), None)
+        metrics |= test_best_checkpoint(trainer, module, datamodule, best, training)
     return metrics
 
 
-def test_best_checkpoint(trainer: pl.Trainer, module, datamodule) -> dict[str, float]:
-    """Test the best checkpoint (by val/dice_mean) on the held-out subjects; summary.json."""
-    callback = trainer.checkpoint_callback
-    best = Path(callback.best_model_path) if callback and callback.best_model_path else None
+def best_checkpoint_callback(trainer: pl.Trainer, monitor: str) -> ModelCheckpoint | None:
+    """The checkpoint callback keeping the best ``monitor`` (last.ckpt's monitors nothing)."""
+    return next((c for c in trainer.checkpoint_callbacks if c.monitor == monitor), None)
+
+
+def test_best_checkpoint(
+    trainer: pl.Trainer, module, datamodule, best: Path | None, training: dict | None
+) -> dict[str, float]:
+    """Test the best checkpoint on the held-out subjects; summary.json beside it, with the
+    ``training`` record of the fit."""
     if best is None:
         # fast_dev_run and runs without a checkpoint callback: test the weights in memory.
         log.warning("no best checkpoint was saved; testing the current weights")
@@ -82,6 +98,7 @@ def test_best_checkpoint(trainer: pl.Trainer, module, datamodule) -> dict[str, f
         class_names=datamodule.class_names,
         empty_rule=EMPTY_MASK_RULE,
         image_info=datamodule.test_image_info(),
+        training=training,
     )
     path = write_summary(summary, best.parent if best else Path(trainer.default_root_dir))
     print_summary_table(summary)
@@ -92,8 +109,8 @@ def test_best_checkpoint(trainer: pl.Trainer, module, datamodule) -> dict[str, f
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    # Returned for Hydra sweepers (e.g. Optuna) that optimise a value.
-    return metrics.get("val/dice_mean")
+    # For Hydra sweepers (e.g. Optuna): the best checkpoint's score, the one that is tested.
+    return metrics.get(f"{cfg.optimized_metric}_best")
 
 
 if __name__ == "__main__":

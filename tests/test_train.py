@@ -1,27 +1,31 @@
 """The training entry point end to end on a tiny phantom: command, experiments, resume,
-determinism, loggers, errors."""
+determinism, loggers, errors, the optimised metric, last.ckpt, the run's log."""
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 
+from src.lit.segmentation import SegmentationModule
 from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_overrides(phantom_raw: Path, tmp_path_factory) -> list[str]:
     """Point the data at the session's tiny phantom, small images, no worker processes."""
     cache = tmp_path_factory.getbasetemp() / "train-prepared"
@@ -57,20 +61,18 @@ def short_run(data_overrides, output_dir: Path, *extra: str) -> DictConfig:
     )
 
 
-def test_train_command_runs_as_written(data_overrides, tmp_path):
-    run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "src.train",
-        "+experiment=unet_dice",
-        "trainer.fast_dev_run=true",
-        *data_overrides,
-        f"hydra.run.dir={run_dir}",
-    ]
+def run_command(*overrides: str) -> subprocess.CompletedProcess:
+    """``python -m src.train`` as a user runs it (a real Hydra run), checked for success."""
+    cmd = [sys.executable, "-m", "src.train", "+experiment=unet_dice", *overrides]
     env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_train_command_runs_as_written(data_overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_command("trainer.fast_dev_run=true", *data_overrides, f"hydra.run.dir={run_dir}")
     assert (run_dir / "config_resolved.yaml").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     splits = json.loads((run_dir / "splits.json").read_text())
@@ -204,3 +206,146 @@ def test_resuming_in_place_keeps_what_the_first_run_wrote(data_overrides, tmp_pa
     assert (tmp_path / "checkpoints" / "summary.json").read_text() == first_summary
     assert len(list(tmp_path.glob("config_resolved.*.yaml"))) == 1
     assert len(list((tmp_path / "checkpoints").glob("summary.*.json"))) == 1
+
+
+def test_one_key_names_the_optimized_metric(tmp_path):
+    cfg = compose_train(
+        [
+            "+experiment=unet_dice",
+            "callbacks=early_stopping",
+            "optimized_metric=val/loss",
+            "optimized_mode=min",
+        ],
+        tmp_path,
+    )
+    callbacks = cfg.callbacks
+    for node in (callbacks.model_checkpoint, callbacks.early_stopping, callbacks.training_log):
+        assert (node.monitor, node.mode) == ("val/loss", "min")
+
+
+# val/dice_mean by epoch, whatever the network learns: the best epoch (1) is not the last (2).
+SCRIPTED_DICE_MEAN = [0.2, 0.9, 0.5]
+
+
+class ScriptedMean:
+    """A SegmentationMetrics whose ``dice_mean`` is replaced by a scripted value."""
+
+    def __init__(self, metrics, dice_mean: float):
+        self.metrics, self.dice_mean = metrics, dice_mean
+
+    def compute(self) -> dict:
+        return {**self.metrics.compute(), "dice_mean": torch.tensor(self.dice_mean)}
+
+    def reset(self) -> None:
+        self.metrics.reset()
+
+
+@pytest.fixture(scope="module")
+def scripted_run(data_overrides, tmp_path_factory):
+    """A 3-epoch run whose val/dice_mean follows SCRIPTED_DICE_MEAN: its returned metrics,
+    its folder and what it logged."""
+    run_dir = tmp_path_factory.mktemp("scripted")
+    log_metrics = SegmentationModule._log_metrics
+
+    def log_scripted(self, stage, metrics):
+        if stage == "val" and not self.trainer.sanity_checking:
+            metrics = ScriptedMean(metrics, SCRIPTED_DICE_MEAN[self.current_epoch])
+        log_metrics(self, stage, metrics)
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("src.lit.callbacks")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(SegmentationModule, "_log_metrics", log_scripted)
+            metrics = train(short_run(data_overrides, run_dir, "trainer.max_epochs=3"))
+    finally:
+        logger.removeHandler(handler)
+    return metrics, run_dir, records
+
+
+def test_sweepers_get_the_best_checkpoints_score(scripted_run):
+    metrics, run_dir, _ = scripted_run
+    assert metrics["val/dice_mean"] == pytest.approx(SCRIPTED_DICE_MEAN[-1])  # the last epoch's
+    assert metrics["val/dice_mean_best"] == pytest.approx(max(SCRIPTED_DICE_MEAN))
+    best = torch.load(run_dir / "checkpoints" / "epoch_001.ckpt", weights_only=False)
+    assert best["epoch"] == 1
+
+
+def test_last_ckpt_holds_the_last_epoch(scripted_run):
+    _, run_dir, _ = scripted_run
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == len(SCRIPTED_DICE_MEAN) - 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == [
+        "epoch_001.ckpt",
+        "last.ckpt",
+    ]
+
+
+def test_each_epoch_logs_one_line_and_the_fit_its_best_and_last(scripted_run):
+    _, _, records = scripted_run
+    epochs = [line for line in records if line.startswith("epoch ")]
+    assert len(epochs) == 3
+    assert epochs[0].startswith("epoch 0/2 | train/loss_epoch ")
+    assert "val/dice brain " in epochs[0] and " lv " in epochs[0] and " csp " in epochs[0]
+    assert "best val/dice_mean 0.2000 (epoch 0)" in epochs[0]
+    assert "best val/dice_mean 0.9000 (epoch 1)" in epochs[2]
+    assert epochs[2].endswith(" s")
+    assert records[-1] == "fit done: best val/dice_mean 0.9000 at epoch 1; last epoch 2: 0.5000"
+
+
+def test_summary_records_the_training(scripted_run, data_overrides):
+    _, run_dir, _ = scripted_run
+    summary = json.loads((run_dir / "checkpoints" / "summary.json").read_text())
+    training = summary["training"]
+    assert set(training) == {
+        "best_epoch",
+        "best_score",
+        "monitor",
+        "last_epoch",
+        "epochs_run",
+        "seconds_per_epoch",
+        "num_parameters",
+    }
+    assert training["best_epoch"] == 1
+    assert training["best_score"] == pytest.approx(0.9)
+    assert training["monitor"] == "val/dice_mean"
+    assert (training["last_epoch"], training["epochs_run"]) == (2, 3)
+    assert training["seconds_per_epoch"] > 0
+    net = hydra.utils.instantiate(short_run(data_overrides, run_dir).model)
+    assert training["num_parameters"] == sum(p.numel() for p in net.parameters())
+
+
+def test_resuming_in_place_keeps_the_first_runs_records(data_overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    common = [
+        "model.base_channels=8",
+        "trainer.limit_train_batches=2",
+        "test=false",
+        *data_overrides,
+        f"hydra.run.dir={run_dir}",
+    ]
+    run_command(*common, "trainer.max_epochs=1")
+    first = {
+        name: (run_dir / name).read_text()
+        for name in ("csv/metrics.csv", ".hydra/overrides.yaml", ".hydra/config.yaml")
+    }
+    first_log = (run_dir / "unet_dice.log").read_text()
+
+    resumed = run_command(*common, "trainer.max_epochs=2", "ckpt_path=last")
+    for name, text in first.items():
+        assert (run_dir / name).read_text() == text, name
+    # Beside them: the resumed run's metrics (epoch 1 only) and Hydra's record of it.
+    (resumed_csv,) = (run_dir / "csv").glob("resumed-*/metrics.csv")
+    with resumed_csv.open() as file:
+        assert {row["epoch"] for row in csv.DictReader(file) if row["epoch"]} == {"1"}
+    (resumed_hydra,) = run_dir.glob(".hydra.*/overrides.yaml")
+    assert "ckpt_path=last" in resumed_hydra.read_text()
+    # The log goes on after the first run's lines; progress shows on stdout too.
+    log = (run_dir / "unet_dice.log").read_text()
+    assert log.startswith(first_log)
+    assert "epoch 0/0 | " in first_log and "epoch 1/1 | " in log.removeprefix(first_log)
+    assert "epoch 1/1 | " in resumed.stdout

@@ -16,6 +16,9 @@ class SegmentationModule(pl.LightningModule):
 
     Logs ``train/loss``, ``val/loss``, ``{val,test}/dice_<class>``, ``*/dice_mean`` and the
     IoU counterparts. Per-image test values are kept (with image ids) for ``summary.json``.
+    Under DDP every logged value covers all processes: losses are reduced by Lightning
+    (``sync_dist``), the metrics by torchmetrics. ``scheduler_monitor`` is the metric a
+    scheduler such as ReduceLROnPlateau steps on (the run's ``optimized_metric``).
     """
 
     def __init__(
@@ -25,7 +28,7 @@ class SegmentationModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., object] | None,
         class_names: Sequence[str],
-        scheduler_monitor: str = "val/dice_mean",
+        scheduler_monitor: str,
     ) -> None:
         super().__init__()
         # Modules and optimizer partials stay out of the checkpoint's hparams (the run's
@@ -55,12 +58,13 @@ class SegmentationModule(pl.LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=len(batch["image"]),
+            sync_dist=True,
         )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, logits = self._loss_and_logits(batch)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=False, batch_size=len(batch["image"]))
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
         self.val_metrics.update(logits.argmax(dim=1), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:
@@ -71,7 +75,7 @@ class SegmentationModule(pl.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         loss, logits = self._loss_and_logits(batch)
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["image"]))
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
         self.test_metrics.update(logits.argmax(dim=1), batch["mask"])
         self.test_ids.extend(batch["id"])
 
@@ -98,7 +102,7 @@ class SegmentationModule(pl.LightningModule):
         return [image_id for part in parts for image_id in part]
 
     def _log_metrics(self, stage: str, metrics: SegmentationMetrics) -> None:
-        values = metrics.compute()
+        values = metrics.compute()  # already over all processes: torchmetrics syncs its states
         for name, value in values.items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "dice_mean", sync_dist=False)
         metrics.reset()

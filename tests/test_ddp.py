@@ -68,6 +68,15 @@ def test_ddp_tests_every_image_once(ddp_run):
     assert summary["training"]["epochs_run"] == 1
 
 
+def test_ddp_writes_the_run_records_once(ddp_run):
+    # The second process re-runs the command in the same folder: it must not add its own.
+    assert not list(ddp_run.glob("config_resolved.*.yaml"))
+    assert not list(ddp_run.glob(".hydra.*"))
+    assert not list((ddp_run / "csv").glob("resumed-*"))
+    log = (ddp_run / "unet_dice.log").read_text()
+    assert log.count("epoch 0/0 | ") == 1
+
+
 def test_one_process_scores_the_ddp_checkpoint_the_same(ddp_run, data_overrides, tmp_path):
     # Resuming the finished one-epoch run trains nothing and tests its best checkpoint again,
     # here in one process; the new summary goes beside the first (timestamped).

@@ -201,9 +201,12 @@ def test_resuming_in_place_keeps_what_the_first_run_wrote(data_overrides, tmp_pa
     train(short_run(data_overrides, tmp_path, "trainer.max_epochs=1"))
     first_config = (tmp_path / "config_resolved.yaml").read_text()
     first_summary = (tmp_path / "checkpoints" / "summary.json").read_text()
+    first_metrics = (tmp_path / "csv" / "metrics.csv").read_text()
     train(short_run(data_overrides, tmp_path, "trainer.max_epochs=2", "ckpt_path=last"))
     assert (tmp_path / "config_resolved.yaml").read_text() == first_config
     assert (tmp_path / "checkpoints" / "summary.json").read_text() == first_summary
+    assert (tmp_path / "csv" / "metrics.csv").read_text() == first_metrics
+    assert len(list((tmp_path / "csv").glob("resumed-*/metrics.csv"))) == 1
     assert len(list(tmp_path.glob("config_resolved.*.yaml"))) == 1
     assert len(list((tmp_path / "checkpoints").glob("summary.*.json"))) == 1
 
@@ -319,7 +322,9 @@ def test_summary_records_the_training(scripted_run, data_overrides):
     assert training["num_parameters"] == sum(p.numel() for p in net.parameters())
 
 
+@pytest.mark.slow  # two runs of the command; the default suite checks the CSV part in-process
 def test_resuming_in_place_keeps_the_first_runs_records(data_overrides, tmp_path):
+    """A real Hydra run: Hydra's own record (.hydra/) is written only there."""
     run_dir = tmp_path / "run"
     common = [
         "model.base_channels=8",

@@ -116,7 +116,8 @@ class TrainingLog(Callback):
     def _epoch_line(self, trainer: pl.Trainer) -> str:
         metrics = trainer.callback_metrics
         # 0-based, as in the checkpoint names (epoch_000.ckpt): "epoch 3/44" is the 4th of 45.
-        parts = [f"epoch {trainer.current_epoch}/{trainer.max_epochs - 1}"]
+        last = f"/{trainer.max_epochs - 1}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        parts = [f"epoch {trainer.current_epoch}{last}"]
         if self.train_loss in metrics:
             parts.append(f"{self.train_loss} {format_score(float(metrics[self.train_loss]))}")
         per_class = {

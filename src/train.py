@@ -109,6 +109,8 @@ def test_best_checkpoint(
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
+    if metrics is None:  # a failed job of a sweep (see task_wrapper): Optuna records NaN as failed
+        return float("nan")
     # For Hydra sweepers (e.g. Optuna): the best checkpoint's score, the one that is tested.
     return metrics.get(f"{cfg.optimized_metric}_best")
 

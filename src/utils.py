@@ -13,7 +13,9 @@ from typing import Any
 import hydra
 import rich.syntax
 import rich.tree
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
@@ -21,6 +23,46 @@ from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 
 log = logging.getLogger(__name__)
+
+# Written into a job's folder when it fails; src.report lists such jobs as failed.
+FAILED_MARKER = "FAILED"
+# W&B refuses longer tags.
+_WANDB_TAG_LENGTH = 64
+
+
+def _hydra_job() -> DictConfig | None:
+    """Hydra's runtime config, or None outside a Hydra job (tests that call a task directly)."""
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def in_multirun() -> bool:
+    job = _hydra_job()
+    return job is not None and job.mode == RunMode.MULTIRUN
+
+
+def job_overrides() -> list[str]:
+    """The job's own command-line overrides (in a sweep: this job's values), or []."""
+    job = _hydra_job()
+    return list(job.overrides.task) if job is not None else []
+
+
+def sweep_group() -> str | None:
+    """A name shared by the jobs of one sweep (its folder's last two parts: date/time), so a
+    logger can group them; None for a single run."""
+    if not in_multirun():
+        return None
+    sweep_dir = Path(_hydra_job().sweep.dir)
+    return f"{sweep_dir.parent.parent.name}/{sweep_dir.parent.name}/{sweep_dir.name}"
+
+
+def run_tags(tags: list[str]) -> list[str]:
+    """The config's tags plus the job's overrides, so each job of a sweep says what it varied."""
+    return [*tags, *(o[:_WANDB_TAG_LENGTH] for o in job_overrides())]
+
+
+# For the logger configs: `group: ${sweep_group:}`, `tags: ${run_tags:${tags}}`.
+OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
+OmegaConf.register_new_resolver("run_tags", lambda tags: run_tags(list(tags)), replace=True)
 
 
 @rank_zero_only  # DDP re-runs the command in each process; the config is printed and saved once
@@ -111,8 +153,11 @@ def finish_wandb(failed: bool) -> None:
 def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Run a task; on any failure log it, close W&B and end with the output folder named.
 
-    The error is re-raised as ``SystemExit(1)`` after logging so that the run folder is the
-    last thing a user reads, not the middle of a traceback (the traceback is in the log file).
+    A single run re-raises the error as ``SystemExit(1)`` after logging, so that the run folder
+    is the last thing a user reads, not the middle of a traceback (that is in the log file).
+    A job of a sweep must not stop the sweep (Hydra aborts on ``SystemExit``, and the Optuna
+    sweeper on any exception): it writes a ``FAILED`` marker with its overrides and returns
+    None; ``SweepFailures`` names the failed jobs and sets the exit status when the sweep ends.
     """
 
     @functools.wraps(task)
@@ -124,13 +169,40 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             return result
         except Exception as error:
             log.exception("Run failed")
-            log.error(f"{type(error).__name__}: {error}")
-            raise SystemExit(1) from error
+            overrides = " ".join(job_overrides()) or "(none)"
+            log.error(f"{type(error).__name__}: {error} [overrides: {overrides}]")
+            if not in_multirun():
+                raise SystemExit(1) from error
+            _write_failed_marker(Path(cfg.paths.output_dir), error, overrides)
+            return None
         finally:
             finish_wandb(failed)
             log.info(f"Output folder: {cfg.paths.output_dir}")
 
     return wrapped
+
+
+@rank_zero_only
+def _write_failed_marker(output_dir: Path, error: Exception, overrides: str) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / FAILED_MARKER).write_text(
+        f"overrides: {overrides}\nerror: {type(error).__name__}: {error}\n"
+    )
+
+
+class SweepFailures(HydraCallback):
+    """At the end of a sweep, name every job that failed (it left a ``FAILED`` marker) and
+    exit non-zero, so that scripts notice; the other jobs' results are all kept."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted(sweep_dir.glob(f"*/{FAILED_MARKER}"))
+        if not failed:
+            return
+        for marker in failed:
+            log.error(f"job {marker.parent.name} failed: {marker.read_text().strip()}")
+        log.error(f"{len(failed)} job(s) of the sweep in {sweep_dir} failed (see above)")
+        raise SystemExit(1)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> Path | None:

@@ -28,3 +28,14 @@ def prepared_dir(phantom_raw, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     prepare_dataset(phantom_raw, out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_determinism():
+    """A Trainer with ``deterministic=True`` switches torch's deterministic algorithms on for
+    the whole process; switch it back so no test depends on which tests ran before it."""
+    import torch
+
+    was_enabled = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(was_enabled)

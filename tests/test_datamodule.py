@@ -23,7 +23,7 @@ from torch.utils.data import RandomSampler, SequentialSampler
 from src.data import datamodule as datamodule_module
 from src.data.cache import read_index
 from src.data.classes import FETAL_HEAD
-from src.data.datamodule import FetalHeadDataModule
+from src.data.datamodule import CachedSegmentationDataset, FetalHeadDataModule
 from src.data.fetal_head import write_source_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +182,29 @@ def test_the_same_torch_seed_repeats_the_augmentation(tmp_path):
         return next(iter(dm.train_dataloader()))["image"]
 
     torch.testing.assert_close(first_batch(), first_batch())
+
+
+def test_transforms_with_the_same_probability_are_drawn_independently(tmp_path):
+    """One random stream for the whole pipeline: albumentations' per-transform seeding would
+    give both flips the same seed, so they would always switch on together."""
+    import albumentations as A
+
+    flips = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    torch.manual_seed(0)
+    dm = ready(fake_datamodule(tmp_path, train_transform=flips))
+    dataset = dm.train_dataloader().dataset
+    original = CachedSegmentationDataset(dataset.cache_dir, dataset.rows, dataset.ids)
+    outcomes = set()
+    for _ in range(6):
+        for i in range(len(dataset)):
+            image, plain = dataset[i]["image"][0], original[i]["image"][0]
+            outcomes.add(
+                (
+                    torch.equal(image, plain.flip(1)) or torch.equal(image, plain.flip(0).flip(1)),
+                    torch.equal(image, plain.flip(0)) or torch.equal(image, plain.flip(0).flip(1)),
+                )
+            )
+    assert {(True, False), (False, True)} & outcomes, outcomes
 
 
 def test_the_used_split_is_written_and_a_given_one_reproduced(tmp_path):

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import os
+import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
@@ -81,13 +83,16 @@ class CachedSegmentationDataset(Dataset):
         its own. Albumentations 2.x draws from a generator of its own that ``seed_everything``
         does not reach and that forked workers would share, so it is reseeded from torch's
         per-process seed: reproducible under a fixed seed, different per worker and epoch.
+        The whole pipeline shares one stream: ``Compose.set_random_seed`` would give every
+        transform the same seed, so transforms with equal ``p`` would switch on together.
         """
         if self._opened_in_pid != os.getpid():
             images, masks, _ = open_cache(self.cache_dir)
             self._arrays = (images, masks)
             self._opened_in_pid = os.getpid()
             if self.transform is not None:
-                self.transform.set_random_seed(torch.initial_seed() % 2**32)
+                seed = torch.initial_seed() % 2**32
+                self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         return self._arrays
 
     def __getitem__(self, i: int) -> dict:
@@ -299,8 +304,6 @@ class FetalHeadDataModule(pl.LightningDataModule):
         DistributedSampler would repeat images to even out the processes and bias every mean,
         and Lightning keeps a sampler that already is a DistributedSampler. (Training keeps
         Lightning's, whose equal batch counts DDP's gradient sync needs.)"""
-        from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-
         dataset = self._datasets[split]
         training = split == "train"
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -52,6 +52,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
         class_names=datamodule.class_names,
         scheduler_monitor=cfg.optimized_metric,
+        model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        image_size=datamodule.image_size,
+        in_channels=cfg.data.in_channels,
     )
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(

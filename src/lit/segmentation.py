@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from src.evaluation.checkpoint import PAYLOAD_KEY, checkpoint_payload
 from src.metrics import SegmentationMetrics
 
 
@@ -29,11 +30,29 @@ class SegmentationModule(pl.LightningModule):
         scheduler: Callable[..., object] | None,
         class_names: Sequence[str],
         scheduler_monitor: str,
+        model_config: Mapping,
+        image_size: Sequence[int],
+        in_channels: int,
     ) -> None:
         super().__init__()
         # Modules and optimizer partials stay out of the checkpoint's hparams (the run's
         # resolved config records them), so checkpoints load with torch's weights_only.
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        # What rebuilds the network goes into checkpoint["sonoseg"] (on_save_checkpoint).
+        self.save_hyperparameters(
+            ignore=[
+                "net",
+                "loss",
+                "optimizer",
+                "scheduler",
+                "model_config",
+                "image_size",
+                "in_channels",
+            ],
+            logger=False,
+        )
+        self.checkpoint_payload = checkpoint_payload(
+            model_config, class_names, image_size, in_channels
+        )
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -41,6 +60,11 @@ class SegmentationModule(pl.LightningModule):
         self.val_metrics = SegmentationMetrics(list(class_names))
         self.test_metrics = SegmentationMetrics(list(class_names))
         self.test_ids: list[str] = []
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Every checkpoint carries its resolved model config, class names and input size,
+        so ``src.evaluation.checkpoint.load_model`` rebuilds the network without the run."""
+        checkpoint[PAYLOAD_KEY] = self.checkpoint_payload
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)

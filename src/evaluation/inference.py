@@ -1,0 +1,63 @@
+"""One image in, logits or labels out at the image's ORIGINAL size.
+
+The image is prepared exactly as for training (resized like the cache, scaled like the
+batches), and the logits are interpolated back before the argmax, so a label is decided at
+the resolution it is scored and measured at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.data.cache import resize_image
+from src.evaluation.postprocess import postprocess
+
+
+@torch.no_grad()
+def predict_logits(
+    net: nn.Module, image: np.ndarray, image_size: tuple[int, int], *, tta_flip: bool = False
+) -> torch.Tensor:
+    """float32 logits (C, H, W) for a uint8 (H, W) image, at its original H x W.
+
+    ``tta_flip``: the mean of the logits of the image and of its horizontal flip (flipped
+    back)."""
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(
+            f"expected a uint8 (H, W) grayscale image, got {image.dtype} {image.shape}"
+        )
+    device = next(net.parameters()).device
+    resized = resize_image(image, tuple(image_size))
+    # Scaled to [0, 1] as src.data.datamodule.to_sample does for training batches.
+    batch = torch.from_numpy(resized).float().div_(255.0)[None, None].to(device)
+    if tta_flip:
+        batch = torch.cat([batch, batch.flip(-1)])
+    logits = net(batch).float()
+    if tta_flip:
+        logits = (logits[:1] + logits[1:].flip(-1)) / 2
+    logits = F.interpolate(logits, size=image.shape, mode="bilinear", align_corners=False)
+    return logits[0].cpu()
+
+
+def predict_labels(
+    net: nn.Module,
+    image: np.ndarray,
+    image_size: tuple[int, int],
+    *,
+    tta_flip: bool = False,
+    rules: Mapping[str, Sequence[str]] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """uint8 (H, W) label map at the original size: argmax of ``predict_logits``, then the
+    per-class post-processing ``rules`` (``postprocess``; needs ``class_names``)."""
+    labels = predict_logits(net, image, image_size, tta_flip=tta_flip).argmax(0)
+    labels = labels.numpy().astype(np.uint8)
+    if rules:
+        if class_names is None:
+            raise ValueError("predict_labels: post-processing rules need class_names")
+        labels = postprocess(labels, rules, class_names)
+    return labels

@@ -1,0 +1,267 @@
+"""Predict label masks, overlays and head biometry for PNG/JPEG images (no labels needed).
+
+    python -m src.predict ckpt_path=<file.ckpt> input=<image|folder> out_dir=<folder>
+        [pixel_size_mm=0.15] [overwrite=true] [tta_flip=true]
+
+Writes ``out_dir/masks/<name>.png`` (uint8 label ids at the image's original size),
+``out_dir/overlays/<name>.png`` (class colours, the fitted head ellipse and its values) and
+``out_dir/biometry.csv`` (one row per image; mm with ``pixel_size_mm``, px otherwise; the
+fit-quality ``check`` flag). A file that cannot be read is named, listed in ``skipped.csv``
+and the others go on; the command fails only when no image could be processed. The folder
+is built beside ``out_dir`` and moved in when complete, and an existing ``out_dir`` is
+replaced only with ``overwrite=true`` and only if it is an earlier prediction folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import cv2
+import hydra
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+from src.biometry import HeadMeasurement, PixelSize, measure_biometry
+from src.data.classes import FETAL_HEAD
+from src.evaluation.checkpoint import RestoredModel, load_model
+from src.evaluation.inference import predict_labels
+from src.visualize import biometry_overlay
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+BIOMETRY_CSV = "biometry.csv"  # also the mark of a prediction folder (see _check_replaceable)
+SKIPPED_CSV = "skipped.csv"
+BIOMETRY_COLUMNS = [f.name for f in fields(HeadMeasurement)] + ["csp_width", "lv_width"]
+
+
+@dataclass
+class PredictionReport:
+    """What one call did: the processed images' rows and the skipped files with the reason."""
+
+    out_dir: Path
+    rows: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def list_inputs(input_path: str | Path) -> list[Path]:
+    """One file, or the files of a folder (sorted; hidden files and sub-folders left out)."""
+    path = Path(input_path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input {path} does not exist (expected an image or a folder)")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"input folder {path} holds no files (expected PNG/JPEG images)")
+    return files
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A PNG/JPEG file as a uint8 grey (H, W) image; ValueError naming the file otherwise."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: not a PNG/JPEG file (expected {', '.join(IMAGE_SUFFIXES)})")
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ValueError(f"{path}: cannot be decoded as an image (corrupt or not a PNG/JPEG)")
+    return image
+
+
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """``out_dir`` may be written if it is missing or empty, or replaced with ``overwrite``
+    if it is an earlier prediction folder (it holds biometry.csv): never anything else."""
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    if not overwrite:
+        raise FileExistsError(f"out_dir {out_dir} exists; pass overwrite=true to replace it")
+    if not (out_dir / BIOMETRY_CSV).is_file():
+        raise FileExistsError(
+            f"out_dir {out_dir} is not an earlier prediction folder (no {BIOMETRY_CSV}): "
+            "overwrite=true replaces only those; choose another out_dir"
+        )
+
+
+def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
+    """Swap the finished folder in; an old prediction folder is deleted only after the swap.
+    Checked again: ``out_dir`` may have appeared while predicting."""
+    _check_replaceable(out_dir, overwrite)
+    retired = staging.with_name(staging.name + ".old")
+    if out_dir.exists():
+        out_dir.rename(retired)
+    staging.rename(out_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _measures_biometry(class_names: Sequence[str]) -> bool:
+    return tuple(class_names) == FETAL_HEAD.names
+
+
+def predict_image(
+    model: RestoredModel,
+    image: np.ndarray,
+    *,
+    pixel_size_mm: PixelSize = None,
+    tta_flip: bool = False,
+    rules: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Labels (H, W), the RGB overlay and the biometry columns of one uint8 grey image."""
+    labels = predict_labels(
+        model.net,
+        image,
+        model.image_size,
+        tta_flip=tta_flip,
+        rules=rules,
+        class_names=model.class_names,
+    )
+    biometry = (
+        measure_biometry(labels, pixel_size_mm) if _measures_biometry(model.class_names) else None
+    )
+    overlay = biometry_overlay(image, labels, model.class_names, biometry, pixel_size_mm)
+    values = biometry.as_row() if biometry else {}
+    return labels, overlay, {"head_found": biometry is not None, **values}
+
+
+def predict_files(
+    model: RestoredModel,
+    files: Sequence[Path],
+    out_dir: str | Path,
+    *,
+    pixel_size_mm: PixelSize = None,
+    tta_flip: bool = False,
+    rules: Mapping[str, Sequence[str]] | None = None,
+    overwrite: bool = False,
+) -> PredictionReport:
+    """Predict every readable file into ``out_dir`` (built aside, moved in when complete).
+    Raises ValueError naming every bad file when none could be processed."""
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir, overwrite)
+    if model.in_channels != 1:
+        raise ValueError(
+            f"{model.checkpoint_path}: the model takes {model.in_channels} input channels; "
+            "src.predict feeds grey images (1 channel)"
+        )
+    if not _measures_biometry(model.class_names):
+        log.warning("classes %s are not the fetal head's: no biometry", model.class_names)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging_root = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        staging = staging_root / out_dir.name
+        report = PredictionReport(out_dir)
+        for name in ("masks", "overlays"):
+            (staging / name).mkdir(parents=True)
+        written: dict[str, Path] = {}
+        for path in files:
+            output_name = f"{path.stem}.png"
+            try:
+                if output_name in written:
+                    raise ValueError(
+                        f"{path}: its outputs would be named {output_name} as those of "
+                        f"{written[output_name]}; rename one of them"
+                    )
+                image = read_image(path)
+            except ValueError as error:
+                log.error("skipped %s", error)
+                report.skipped[str(path)] = str(error)
+                continue
+            labels, overlay, values = predict_image(
+                model, image, pixel_size_mm=pixel_size_mm, tta_flip=tta_flip, rules=rules
+            )
+            _write_png(staging / "masks" / output_name, labels)
+            _write_png(staging / "overlays" / output_name, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            written[output_name] = path
+            report.rows.append(
+                {
+                    "image": str(path),
+                    "mask": f"masks/{output_name}",
+                    "overlay": f"overlays/{output_name}",
+                    "width": image.shape[1],
+                    "height": image.shape[0],
+                    "units": "px" if pixel_size_mm is None else "mm",
+                    **values,
+                }
+            )
+        if not report.rows:
+            raise ValueError(
+                f"no image could be processed ({len(files)} file(s)): "
+                + "; ".join(report.skipped.values())
+            )
+        _write_tables(staging, report)
+        _move_into_place(staging, out_dir, overwrite)
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    return report
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), array):
+        raise OSError(f"could not write {path}")
+
+
+def _write_tables(folder: Path, report: PredictionReport) -> None:
+    rows = pd.DataFrame(report.rows)
+    columns = list(dict.fromkeys([*rows.columns, *BIOMETRY_COLUMNS]))
+    rows.reindex(columns=columns).to_csv(folder / BIOMETRY_CSV, index=False)
+    if report.skipped:
+        skipped = pd.DataFrame({"file": report.skipped.keys(), "reason": report.skipped.values()})
+        skipped.to_csv(folder / SKIPPED_CSV, index=False)
+
+
+def predict(
+    ckpt_path: str | Path,
+    input_path: str | Path,
+    out_dir: str | Path,
+    *,
+    pixel_size_mm: PixelSize = None,
+    overwrite: bool = False,
+    tta_flip: bool = False,
+    rules: Mapping[str, Sequence[str]] | None = None,
+    device: str = "cpu",
+) -> PredictionReport:
+    """Load the checkpoint and predict one image or a folder (see the module docstring)."""
+    _check_replaceable(Path(out_dir), overwrite)  # before the slow part
+    files = list_inputs(input_path)
+    model = load_model(ckpt_path, map_location=device)
+    report = predict_files(
+        model,
+        files,
+        out_dir,
+        pixel_size_mm=pixel_size_mm,
+        tta_flip=tta_flip,
+        rules=rules,
+        overwrite=overwrite,
+    )
+    checked = sum(bool(row.get("check")) for row in report.rows)
+    log.info(
+        "%d image(s) predicted into %s (%d skipped; %d measurement(s) flagged to check)",
+        len(report.rows),
+        report.out_dir,
+        len(report.skipped),
+        checked,
+    )
+    return report
+
+
+@hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    config = OmegaConf.to_container(cfg, resolve=True)  # plain values: a [row, col] list
+    predict(
+        cfg.ckpt_path,
+        cfg.input,
+        cfg.out_dir,
+        pixel_size_mm=config["pixel_size_mm"],
+        overwrite=cfg.overwrite,
+        tta_flip=cfg.tta_flip,
+        rules=config["postprocess"],
+        device=cfg.device,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""src.predict on a folder of images: a 1x1-convolution "model" that labels bright pixels as
+brain, so the predicted head is the ellipse drawn into each image and its HC is known."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from src import predict as predict_module
+from src.biometry import ramanujan_circumference
+from src.data.classes import FETAL_HEAD
+from src.evaluation.checkpoint import checkpoint_payload
+from src.predict import BIOMETRY_CSV, SKIPPED_CSV, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (64, 96)  # height, width of the test images
+AXES = (36, 22)  # semi-axes in pixels of the bright head drawn into each image
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A sonoseg checkpoint of a Conv2d(1, 4, 1): brain where the image is brighter than
+    0.5, background elsewhere, CSP and LV never."""
+    config = {"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 1}
+    weight = torch.zeros(4, 1, 1, 1)
+    weight[1] = 20.0
+    bias = torch.tensor([0.0, -10.0, -100.0, -100.0])
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    torch.save(
+        {
+            "state_dict": {"net.weight": weight, "net.bias": bias},
+            "sonoseg": checkpoint_payload(config, FETAL_HEAD.names, (32, 48), 1),
+        },
+        path,
+    )
+    return path
+
+
+def _scan(angle: float = 0.0) -> np.ndarray:
+    image = np.full(SIZE, 30, dtype=np.uint8)
+    cv2.ellipse(image, (48, 32), AXES, angle, 0, 360, 220, -1)
+    return image
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Two scans (PNG, JPEG), a corrupt PNG and a text file."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), _scan())
+    cv2.imwrite(str(folder / "b.jpg"), cv2.cvtColor(_scan(30), cv2.COLOR_GRAY2BGR))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_folder_with_bad_files(ckpt, images, tmp_path, caplog):
+    out = tmp_path / "out"
+    report = predict(ckpt, images, out, pixel_size_mm=0.5)
+
+    assert sorted(report.skipped) == [str(images / "broken.png"), str(images / "notes.txt")]
+    logged = caplog.text
+    assert "broken.png: cannot be decoded" in logged and "notes.txt: not a PNG/JPEG" in logged
+    skipped = pd.read_csv(out / SKIPPED_CSV)
+    assert list(skipped["file"]) == [str(images / "broken.png"), str(images / "notes.txt")]
+
+    rows = pd.read_csv(out / BIOMETRY_CSV)
+    assert list(rows["image"]) == [str(images / "a.png"), str(images / "b.jpg")]
+    for name in ("a", "b"):
+        mask = cv2.imread(str(out / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == SIZE and mask.dtype == np.uint8  # the original resolution
+        assert set(np.unique(mask)) == {0, 1}
+        overlay = cv2.imread(str(out / "overlays" / f"{name}.png"))
+        assert overlay.shape == (*SIZE, 3)
+    expected_hc = 0.5 * ramanujan_circumference(*AXES)
+    assert (rows["units"] == "mm").all() and rows["head_found"].all()
+    np.testing.assert_allclose(rows["hc"], expected_hc, rtol=0.03)
+    assert math.isclose(rows["angle_rad"][1], math.radians(30), abs_tol=0.05)
+    assert {"check", "unsupported_fraction", "csp_width", "lv_width"} <= set(rows.columns)
+    assert rows["csp_width"].isna().all()  # this model never predicts CSP
+
+
+def test_single_file_in_pixels(ckpt, images, tmp_path):
+    report = predict(ckpt, images / "a.png", tmp_path / "out")
+    rows = pd.read_csv(tmp_path / "out" / BIOMETRY_CSV)
+    assert len(report.rows) == 1 and (rows["units"] == "px").all()
+    np.testing.assert_allclose(rows["hc"], ramanujan_circumference(*AXES), rtol=0.03)
+    assert not (tmp_path / "out" / SKIPPED_CSV).exists()
+
+
+def test_empty_folder_and_nothing_readable(ckpt, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"input folder {empty} holds no files"):
+        predict(ckpt, empty, tmp_path / "out")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"garbage")
+    (bad / "y.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match="no image could be processed") as error:
+        predict(ckpt, bad, tmp_path / "out")
+    assert "x.png" in str(error.value) and "y.csv" in str(error.value)
+    assert not (tmp_path / "out").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"empty", "bad"}  # no staging left
+
+
+def test_out_dir_is_never_overwritten_without_overwrite(ckpt, images, tmp_path):
+    out = tmp_path / "out"
+    predict(ckpt, images / "a.png", out)
+    before = (out / BIOMETRY_CSV).read_text()
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        predict(ckpt, images / "b.jpg", out)
+    assert (out / BIOMETRY_CSV).read_text() == before
+    predict(ckpt, images / "b.jpg", out, overwrite=True)  # an earlier prediction folder
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["b.png"]
+
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an earlier prediction folder"):
+        predict(ckpt, images / "a.png", other, overwrite=True)
+    assert (other / "keep.txt").read_text() == "mine"
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("predict", overrides=list(overrides))
+
+
+def test_config_and_entry_point(ckpt, images, tmp_path):
+    """conf/predict.yaml and main's body (Hydra's decorator unwrapped), [row, col] pixels."""
+    cfg = _compose(
+        f"ckpt_path={ckpt}",
+        f"input={images}",
+        f"out_dir={tmp_path / 'out'}",
+        "pixel_size_mm=[0.5,0.5]",
+    )
+    predict_module.main.__wrapped__(cfg)
+    rows = pd.read_csv(tmp_path / "out" / BIOMETRY_CSV)
+    assert len(rows) == 2 and (rows["units"] == "mm").all()
+    with pytest.raises(ValueError, match="no image could be processed"):
+        predict_module.main.__wrapped__(
+            _compose(f"ckpt_path={ckpt}", f"input={images}/notes.txt", f"out_dir={tmp_path / 'o'}")
+        )
+
+
+@pytest.mark.slow
+def test_cli_exit_status(ckpt, images, tmp_path):
+    """Exit 0 when some images were processed, non-zero only when none could be."""
+
+    def run(input_path, out_dir) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "src.predict", f"ckpt_path={ckpt}"]
+        cmd += [f"input={input_path}", f"out_dir={out_dir}"]
+        env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    done = run(images, tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "broken.png" in done.stdout + done.stderr
+    failed = run(images / "notes.txt", tmp_path / "out2")
+    assert failed.returncode != 0
+    assert "notes.txt: not a PNG/JPEG file" in failed.stderr

@@ -16,10 +16,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+from src.evaluation.checkpoint import load_model
+from src.evaluation.evaluate import evaluate
+from src.evaluation.records import evaluation_summary, write_evaluation
 from src.lit.callbacks import TrainingLog
 from src.lit.segmentation import SegmentationModule
-from src.metrics import EMPTY_MASK_RULE
-from src.summary import build_summary, print_summary_table, write_summary
 from src.utils import (
     instantiate_callbacks,
     instantiate_loggers,
@@ -86,27 +87,49 @@ def best_checkpoint_callback(trainer: pl.Trainer, monitor: str) -> ModelCheckpoi
 def test_best_checkpoint(
     trainer: pl.Trainer, module, datamodule, best: Path | None, training: dict | None
 ) -> dict[str, float]:
-    """Test the best checkpoint on the held-out subjects; summary.json beside it, with the
-    ``training`` record of the fit."""
+    """Test the best checkpoint on the held-out subjects: the trainer's pass at the training
+    size (logged, all processes), then, on rank 0, the original-size evaluation that
+    ``src.eval`` runs (restored from the checkpoint file, post-processing chosen on val).
+    summary.json, per_image.csv and the Bland-Altman plot go beside the checkpoint, with
+    the ``training`` record of the fit."""
     if best is None:
         # fast_dev_run and runs without a checkpoint callback: test the weights in memory.
         log.warning("no best checkpoint was saved; testing the current weights")
     trainer.test(module, datamodule=datamodule, ckpt_path=best)
     if not trainer.is_global_zero:
         return {}
-    summary = build_summary(
-        checkpoint=best,
-        metrics=module.test_summary["metrics"],
-        per_image=module.test_summary["per_image"],
-        class_names=datamodule.class_names,
-        empty_rule=EMPTY_MASK_RULE,
-        image_info=datamodule.test_image_info(),
-        training=training,
+    training_size = module.test_summary["metrics"]
+    net = load_model(best, map_location=module.device).net if best else module.net
+    result = evaluate(
+        net,
+        datamodule.split_rows("test"),
+        datamodule.prepared_dir,
+        datamodule.class_names,
+        datamodule.image_size,
+        postprocess_setting="auto",
+        validation_rows=datamodule.split_rows("val"),
     )
-    path = write_summary(summary, best.parent if best else Path(trainer.default_root_dir))
-    print_summary_table(summary)
-    log.info(f"Test summary: {path}")
-    return {f"test/{k}": v for k, v in module.test_summary["metrics"].items()}
+    summary = evaluation_summary(
+        result,
+        checkpoint=best,
+        class_names=datamodule.class_names,
+        split="test",
+        training=training,
+        training_resolution={
+            "image_size": list(datamodule.image_size),
+            "mean": {k: v for k, v in training_size.items() if k.endswith("_mean")},
+            "per_class": {
+                name: {m: training_size.get(f"{m}_{name}") for m in ("dice", "iou")}
+                for name in datamodule.class_names[1:]
+            },
+        },
+    )
+    write_evaluation(
+        summary, result["rows"], best.parent if best else Path(trainer.default_root_dir)
+    )
+    return {f"test/{k}": v for k, v in training_size.items()} | {
+        f"test_original_size/{k}": v for k, v in result["metrics"].items() if k.endswith("_mean")
+    }
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -101,7 +101,14 @@ def test_short_run_keeps_best_and_last_and_writes_summary(data_overrides, tmp_pa
     assert set(summary["per_class"]) == {"brain", "csp", "lv"}
     assert summary["num_images"] == len(summary["per_image"]) > 0
     assert {"id", "plane", "subject"} <= set(summary["per_image"][0])
-    assert summary["mean"]["dice_mean"] == pytest.approx(metrics["test/dice_mean"])
+    # Scored at the original size; the trainer's test pass at the training size is kept too.
+    assert summary["settings"]["resolution"].startswith("original")
+    assert summary["mean"]["dice_mean"] == pytest.approx(
+        metrics["test_original_size/dice_mean"]
+    )
+    training_size = summary["training_resolution"]
+    assert training_size["mean"]["dice_mean"] == pytest.approx(metrics["test/dice_mean"])
+    assert (ckpts / "per_image.csv").is_file()
     log_lines = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     assert "val/dice_mean" in log_lines[0] and "train/loss_epoch" in log_lines[0]
 

@@ -1,0 +1,350 @@
+"""Score a network on prepared images at their original size: Dice, IoU, surface distances
+and biometry per image, post-processing chosen on validation data, aggregates per class and
+per plane. Pure of Lightning and Hydra: entry points pass the network and the index rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from src.biometry import difference_stats, measure_biometry
+from src.data.classes import FETAL_HEAD, ClassSet
+from src.evaluation.inference import predict_labels
+from src.evaluation.postprocess import check_rules, postprocess
+from src.evaluation.surface import CASES, class_surface_distances
+from src.metrics import per_image_scores, summarize
+
+log = logging.getLogger(__name__)
+
+# Tried per class by ``postprocess="auto"``; a class keeps the one that raises its mean
+# validation Dice most, or none.
+AUTO_CANDIDATES = (
+    ("keep_largest_component",),
+    ("fill_holes",),
+    ("keep_largest_component", "fill_holes"),
+)
+DISTANCES = ("hd95_px", "assd_px", "hd95_mm", "assd_mm")
+BIOMETRY_QUANTITIES = ("hc", "bpd", "ofd", "csp_width", "lv_width")
+INDEX_INFO = ("plane", "subject", "pixel_size_mm", "orig_width", "orig_height")
+
+
+def read_original(prepared_dir: Path, row: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared image (uint8 gray) and label mask of an index.csv row, at original size."""
+    image_path, mask_path = prepared_dir / row["image"], prepared_dir / row["mask"]
+    image = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    if image is None or mask is None:
+        raise ValueError(f"cannot decode {image_path if image is None else mask_path}")
+    expected = (int(row["orig_height"]), int(row["orig_width"]))
+    if image.shape != expected or mask.shape != expected:
+        raise ValueError(
+            f"{image_path}: image {image.shape} / mask {mask.shape} differ from index.csv's "
+            f"orig_height x orig_width {expected}"
+        )
+    return image, mask
+
+
+def pixel_size_of(row: Mapping) -> float | None:
+    value = row.get("pixel_size_mm")
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def predict_rows(
+    net: nn.Module,
+    rows: pd.DataFrame,
+    prepared_dir: Path,
+    image_size: tuple[int, int],
+    *,
+    tta_flip: bool,
+) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+    """(row, truth, raw prediction) per image, both at the original size."""
+    predicted = []
+    for row in rows.to_dict("records"):
+        image, truth = read_original(prepared_dir, row)
+        labels = predict_labels(net, image, image_size, tta_flip=tta_flip)
+        predicted.append((row, truth, labels))
+    return predicted
+
+
+def dice_per_image(labels: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K,) foreground Dice of one image (src.metrics: the one Dice of the project)."""
+    dice, _ = per_image_scores(
+        torch.from_numpy(labels[None].astype(np.int64)),
+        torch.from_numpy(truth[None].astype(np.int64)),
+        num_classes,
+    )
+    return dice[0].numpy()
+
+
+def choose_postprocess(
+    predicted: Sequence[tuple[dict, np.ndarray, np.ndarray]], class_names: Sequence[str]
+) -> dict:
+    """Per class, the candidate rules that raise its mean Dice over ``predicted`` (the
+    validation images) the most; none where nothing helps. Returns the decision record:
+    ``rules`` and the mean Dice of every candidate. A rule changes only its own class (and
+    background), so classes are decided independently."""
+    names = list(class_names)
+    candidates = {"none": ()} | {"+".join(rules): rules for rules in AUTO_CANDIDATES}
+    means: dict[str, dict[str, float]] = {name: {} for name in names[1:]}
+    for key, steps in candidates.items():
+        per_class = [
+            [
+                dice_per_image(
+                    postprocess(labels, {name: list(steps)}, names) if steps else labels,
+                    truth,
+                    len(names),
+                )[k]
+                for _, truth, labels in predicted
+            ]
+            for k, name in enumerate(names[1:])
+        ]
+        for name, scores in zip(names[1:], per_class, strict=True):
+            finite = [s for s in scores if not math.isnan(s)]
+            means[name][key] = float(np.mean(finite)) if finite else math.nan
+    rules = {}
+    for name, by_candidate in means.items():
+        best = max(
+            (key for key in candidates if key != "none" and not math.isnan(by_candidate[key])),
+            key=by_candidate.get,
+            default=None,
+        )
+        if best is not None and by_candidate[best] > by_candidate["none"]:
+            rules[name] = list(candidates[best])
+    return {"rules": rules, "mean_dice_by_candidate": means}
+
+
+def resolve_postprocess(
+    setting: str | Mapping,
+    class_names: Sequence[str],
+    validation: Sequence[tuple[dict, np.ndarray, np.ndarray]] | None,
+) -> dict:
+    """``"none"``, explicit per-class rules, or ``"auto"`` (decided on ``validation``):
+    the record written to summary.json, with the ``rules`` to apply."""
+    if setting == "none":
+        return {"mode": "none", "rules": {}}
+    if setting == "auto":
+        if not validation:
+            log.warning("postprocess=auto: no validation images; no post-processing")
+            return {"mode": "auto", "rules": {}, "decided_on": "no validation images"}
+        decision = choose_postprocess(validation, class_names)
+        log.info("postprocess=auto chose %s on %d val images", decision["rules"], len(validation))
+        return {"mode": "auto", "decided_on": f"val ({len(validation)} images)", **decision}
+    if isinstance(setting, Mapping):
+        rules = {str(name): [str(step) for step in steps] for name, steps in setting.items()}
+        check_rules(rules, class_names)
+        return {"mode": "given", "rules": rules}
+    raise ValueError(
+        f"postprocess={setting!r}: expected auto, none or per-class rules such as "
+        "{brain: [keep_largest_component, fill_holes]}"
+    )
+
+
+def class_set_for(class_names: Sequence[str]) -> ClassSet | None:
+    """The registered class set with these names (its head labels drive the biometry)."""
+    return FETAL_HEAD if tuple(class_names) == FETAL_HEAD.names else None
+
+
+def score_image(
+    row: Mapping, truth: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> dict:
+    """One per-image row: index info, per-class Dice, IoU, case and distances, biometry."""
+    pixel_size = pixel_size_of(row)
+    out: dict = {"id": row["image"], **{key: row.get(key) for key in INDEX_INFO}}
+    out["pixel_size_mm"] = pixel_size
+    dice, iou = per_image_scores(
+        torch.from_numpy(labels[None].astype(np.int64)),
+        torch.from_numpy(truth[None].astype(np.int64)),
+        len(class_names),
+    )
+    for k, name in enumerate(class_names[1:]):
+        label = k + 1
+        case, hd95, assd = class_surface_distances(labels == label, truth == label)
+        # index.csv's pixel size is isotropic, so mm = px x size (surface.py takes a
+        # (row, col) spacing where it is not).
+        mm = pixel_size if pixel_size is not None else math.nan
+        out |= {
+            f"dice_{name}": float(dice[0, k]),
+            f"iou_{name}": float(iou[0, k]),
+            f"case_{name}": case,
+            f"hd95_px_{name}": hd95,
+            f"assd_px_{name}": assd,
+            f"hd95_mm_{name}": hd95 * mm,
+            f"assd_mm_{name}": assd * mm,
+        }
+    class_set = class_set_for(class_names)
+    if class_set is not None:
+        out |= biometry_columns(truth, labels, pixel_size, class_set)
+    return out
+
+
+def biometry_columns(
+    truth: np.ndarray, labels: np.ndarray, pixel_size: float | None, class_set: ClassSet
+) -> dict:
+    """``<quantity>_true``, ``_pred``, ``_diff`` (pred - true; NaN unless both measured), the
+    units, and the fit-quality ``check`` flags of truth and prediction."""
+    names = [name.casefold() for name in class_set.names]
+    measured = {
+        which: measure_biometry(
+            mask,
+            pixel_size,
+            head_labels=class_set.head_labels,
+            csp_label=names.index("csp") if "csp" in names else None,
+            lv_label=names.index("lv") if "lv" in names else None,
+        )
+        for which, mask in (("true", truth), ("pred", labels))
+    }
+    out: dict = {"biometry_units": "px" if pixel_size is None else "mm"}
+    for which, biometry in measured.items():
+        head = biometry.head if biometry else None
+        values = {
+            "hc": head and head.hc,
+            "bpd": head and head.bpd,
+            "ofd": head and head.ofd,
+            "csp_width": biometry and biometry.csp_width,
+            "lv_width": biometry and biometry.lv_width,
+        }
+        for quantity, value in values.items():
+            out[f"{quantity}_{which}"] = math.nan if value is None else float(value)
+        out[f"check_{which}"] = None if head is None else bool(head.check)
+        out[f"unsupported_fraction_{which}"] = (
+            math.nan if head is None else head.unsupported_fraction
+        )
+    for quantity in BIOMETRY_QUANTITIES:
+        out[f"{quantity}_diff"] = out[f"{quantity}_pred"] - out[f"{quantity}_true"]
+    return out
+
+
+def aggregate(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
+    """``mean`` and ``per_class`` (metrics and case counts) over ``rows``."""
+    foreground = list(class_names[1:])
+    table = pd.DataFrame(list(rows))
+    dice = torch.tensor(table[[f"dice_{n}" for n in foreground]].to_numpy(np.float64))
+    iou = torch.tensor(table[[f"iou_{n}" for n in foreground]].to_numpy(np.float64))
+    metrics = {key: float(value) for key, value in summarize(dice, iou, foreground).items()}
+    for distance in DISTANCES:
+        class_means = [_nanmean(table[f"{distance}_{name}"]) for name in foreground]
+        metrics |= {f"{distance}_{n}": m for n, m in zip(foreground, class_means, strict=True)}
+        metrics[f"{distance}_mean"] = _nanmean(pd.Series(class_means, dtype=float))
+    counts = {
+        name: {case: int((table[f"case_{name}"] == case).sum()) for case in CASES}
+        for name in foreground
+    }
+    return {"metrics": metrics, "counts": counts}
+
+
+def biometry_summary(rows: Sequence[dict]) -> dict:
+    """Per units (mm, px): difference stats of each quantity over images measured in both
+    truth and prediction, how many were measured where, and the ``check`` counts."""
+    table = pd.DataFrame(list(rows))
+    if "hc_true" not in table:
+        return {}
+    out = {}
+    for units, group in table.groupby("biometry_units"):
+        true_ok, pred_ok = group["hc_true"].notna(), group["hc_pred"].notna()
+        record: dict = {
+            "num_images": len(group),
+            "head_measured": {
+                "both": int((true_ok & pred_ok).sum()),
+                "truth_only": int((true_ok & ~pred_ok).sum()),
+                "prediction_only": int((~true_ok & pred_ok).sum()),
+                "neither": int((~true_ok & ~pred_ok).sum()),
+            },
+            "check_flagged": {
+                "truth": int((group["check_true"] == True).sum()),  # noqa: E712 (None: no head)
+                "prediction": int((group["check_pred"] == True).sum()),  # noqa: E712
+            },
+            "differences": {},
+        }
+        for quantity in BIOMETRY_QUANTITIES:
+            both = group[[f"{quantity}_true", f"{quantity}_pred"]].dropna()
+            if len(both):
+                stats = difference_stats(both.iloc[:, 0], both.iloc[:, 1])
+                record["differences"][quantity] = asdict(stats)
+        out[str(units)] = record
+    return out
+
+
+def summarize_rows(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
+    """Aggregates over all rows and per plane: metrics, counts, biometry."""
+    overall = aggregate(rows, class_names)
+    per_plane = {}
+    for plane in dict.fromkeys(row.get("plane") for row in rows):
+        subset = [row for row in rows if row.get("plane") == plane]
+        part = aggregate(subset, class_names)
+        per_plane[str(plane)] = {
+            "num_images": len(subset),
+            "mean": {k: v for k, v in part["metrics"].items() if k.endswith("_mean")},
+            "per_class": per_class_record(part, class_names),
+            "biometry": biometry_summary(subset),
+        }
+    return {
+        **overall,
+        "per_class": per_class_record(overall, class_names),
+        "per_plane": per_plane,
+        "biometry": biometry_summary(rows),
+    }
+
+
+def per_class_record(part: dict, class_names: Sequence[str]) -> dict:
+    metrics = part["metrics"]
+    return {
+        name: {
+            **{m: metrics[f"{m}_{name}"] for m in ("dice", "iou", *DISTANCES)},
+            "counts": part["counts"][name],
+        }
+        for name in class_names[1:]
+    }
+
+
+def evaluate(
+    net: nn.Module,
+    rows: pd.DataFrame,
+    prepared_dir: Path,
+    class_names: Sequence[str],
+    image_size: tuple[int, int],
+    *,
+    tta_flip: bool = False,
+    postprocess_setting: str | Mapping = "auto",
+    validation_rows: pd.DataFrame | None = None,
+) -> dict:
+    """Predict ``rows`` at their original size, post-process, score. Returns ``rows`` (one
+    dict per image, in the given order), the aggregates of ``summarize_rows``,
+    ``postprocess`` (the decision record) and ``settings``."""
+    net.eval()
+    validation = None
+    if postprocess_setting == "auto" and validation_rows is not None and len(validation_rows):
+        validation = predict_rows(net, validation_rows, prepared_dir, image_size, tta_flip=tta_flip)
+    decision = resolve_postprocess(postprocess_setting, class_names, validation)
+    scored = []
+    for row, truth, labels in predict_rows(net, rows, prepared_dir, image_size, tta_flip=tta_flip):
+        if decision["rules"]:
+            labels = postprocess(labels, decision["rules"], class_names)
+        scored.append(score_image(row, truth, labels, class_names))
+    return {
+        "rows": scored,
+        **summarize_rows(scored, class_names),
+        "postprocess": decision,
+        "settings": {
+            "resolution": "original (index.csv orig_width x orig_height)",
+            "model_input_size": list(image_size),
+            "tta_flip": tta_flip,
+            "postprocess": postprocess_setting
+            if isinstance(postprocess_setting, str)
+            else dict(postprocess_setting),
+        },
+    }
+
+
+def _nanmean(values: pd.Series) -> float:
+    finite = values.dropna()
+    return float(finite.mean()) if len(finite) else math.nan

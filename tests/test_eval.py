@@ -1,0 +1,144 @@
+"""``python -m src.eval``: a checkpoint evaluated at the original size with its run folder
+gone; the records it writes and never overwrites."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from src.eval import evaluate_checkpoint
+from src.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_overrides(phantom_raw: Path, tmp_path_factory) -> list[str]:
+    cache = tmp_path_factory.getbasetemp() / "eval-prepared"
+    return [f"data.root={phantom_raw}", "data.synthetic=null", f"data.cache_dir={cache}"]
+
+
+@pytest.fixture(scope="module")
+def lone_checkpoint(data_overrides, tmp_path_factory) -> Path:
+    """A one-batch training run's best checkpoint, copied alone; the run folder deleted."""
+    run_dir = tmp_path_factory.mktemp("eval-run")
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "+experiment=unet_dice",
+                *data_overrides,
+                "data.image_size=[64,64]",
+                "data.num_workers=0",
+                "model.base_channels=8",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=1",
+                "callbacks.progress_bar=null",
+                "callbacks.model_summary=null",
+                "test=false",
+                f"paths.output_dir={run_dir}",
+            ],
+        )
+    train(cfg)
+    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    lone = tmp_path_factory.mktemp("lone") / "model.ckpt"
+    shutil.copy(best, lone)
+    shutil.rmtree(run_dir)
+    return lone
+
+
+@pytest.fixture(scope="module")
+def evaluated(lone_checkpoint, data_overrides) -> Path:
+    """``python -m src.eval`` as a user runs it, with flip TTA; records in out_dir."""
+    out_dir = lone_checkpoint.parent / "eval"
+    cmd = [
+        sys.executable,
+        "-m",
+        "src.eval",
+        f"ckpt_path={lone_checkpoint}",
+        *data_overrides,
+        "data.num_workers=0",
+        "tta=true",
+        f"out_dir={out_dir}",
+        f"hydra.run.dir={lone_checkpoint.parent / 'hydra'}",
+    ]
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "HD95" in done.stdout and "brain" in done.stdout  # the printed table
+    return out_dir
+
+
+def test_eval_command_scores_a_lone_checkpoint_at_the_original_size(evaluated, lone_checkpoint):
+    summary = json.loads((evaluated / "summary.json").read_text())
+    for key in ("checkpoint", "num_images", "classes", "empty_mask_rule", "mean", "per_class"):
+        assert key in summary
+    assert summary["checkpoint"] == str(lone_checkpoint)
+    assert summary["classes"] == ["brain", "csp", "lv"]
+    assert summary["settings"]["tta_flip"] is True
+    assert summary["postprocess"]["mode"] == "auto"
+    assert "val" in summary["postprocess"]["decided_on"]
+    assert summary["training"] is None  # not trained here
+    brain = summary["per_class"]["brain"]
+    assert {"dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm", "counts"} <= set(brain)
+    # Every image is counted in exactly one case per class: nothing drops out silently.
+    assert all(
+        sum(scores["counts"].values()) == summary["num_images"]
+        for scores in summary["per_class"].values()
+    )
+    assert sum(p["num_images"] for p in summary["per_plane"].values()) == summary["num_images"]
+    assert "mm" in summary["biometry"]
+    with (evaluated / "per_image.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["id"] for row in rows] == [row["id"] for row in summary["per_image"]]
+    assert {"plane", "subject", "pixel_size_mm", "dice_brain", "hd95_mm_lv", "hc_true"} <= set(
+        rows[0]
+    )
+    assert {"hc_pred", "hc_diff", "check_true", "check_pred"} <= set(rows[0])
+    # The first phantom images are at their original 96 x 66 size.
+    assert (rows[0]["orig_width"], rows[0]["orig_height"]) == ("96", "66")
+
+
+def test_a_second_evaluation_keeps_the_first_records(evaluated, lone_checkpoint, data_overrides):
+    first = (evaluated / "summary.json").read_text()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "eval",
+            overrides=[
+                f"ckpt_path={lone_checkpoint}",
+                *data_overrides,
+                "data.num_workers=0",
+                "postprocess=none",
+                "split=val",
+                f"out_dir={evaluated}",
+                f"paths.output_dir={evaluated}",
+            ],
+        )
+    evaluate_checkpoint(cfg)
+    assert (evaluated / "summary.json").read_text() == first
+    (second,) = evaluated.glob("summary.*.json")
+    assert json.loads(second.read_text())["split"] == "val"
+    assert len(list(evaluated.glob("per_image.*.csv"))) == 1
+
+
+def test_a_bad_split_is_named(lone_checkpoint, data_overrides, tmp_path):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "eval",
+            overrides=[
+                f"ckpt_path={lone_checkpoint}",
+                *data_overrides,
+                "split=holdout",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
+    with pytest.raises(SystemExit):
+        evaluate_checkpoint(cfg)

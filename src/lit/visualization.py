@@ -115,7 +115,7 @@ class ValidationImages(Callback):
         if wandb_loggers:
             return
         rows = [
-            comparison_row(image, truth, predicted, names, title=str(sample["id"]))
+            comparison_row(image, truth, predicted, names, title=Path(str(sample["id"])).stem)
             for image, truth, predicted, sample in zip(
                 images, truths, predictions, samples, strict=True
             )

@@ -75,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = Path(keeper.best_model_path) if keeper and keeper.best_model_path else None
         # Read before testing: loading the best checkpoint restores the callbacks' states.
         training = next((c.record() for c in trainer.callbacks if isinstance(c, TrainingLog)), None)
-        metrics |= test_best_checkpoint(trainer, module, datamodule, best, training)
+        metrics |= test_best_checkpoint(trainer, module, datamodule, best, training, cfg.eval)
     return metrics
 
 
@@ -85,7 +85,12 @@ def best_checkpoint_callback(trainer: pl.Trainer, monitor: str) -> ModelCheckpoi
 
 
 def test_best_checkpoint(
-    trainer: pl.Trainer, module, datamodule, best: Path | None, training: dict | None
+    trainer: pl.Trainer,
+    module,
+    datamodule,
+    best: Path | None,
+    training: dict | None,
+    settings: DictConfig,
 ) -> dict[str, float]:
     """Test the best checkpoint on the held-out subjects: the trainer's pass at the training
     size (logged, all processes), then, on rank 0, the original-size evaluation that
@@ -106,7 +111,10 @@ def test_best_checkpoint(
         datamodule.prepared_dir,
         datamodule.class_names,
         datamodule.image_size,
-        postprocess_setting="auto",
+        tta_flip=settings.tta,
+        postprocess_setting=OmegaConf.to_object(settings.postprocess)
+        if isinstance(settings.postprocess, DictConfig)
+        else settings.postprocess,
         validation_rows=datamodule.split_rows("val"),
     )
     summary = evaluation_summary(

@@ -15,7 +15,6 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from src.eval import evaluate_checkpoint
-from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,32 +26,10 @@ def data_overrides(phantom_raw: Path, tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def lone_checkpoint(data_overrides, tmp_path_factory) -> Path:
-    """A one-batch training run's best checkpoint, copied alone; the run folder deleted."""
-    run_dir = tmp_path_factory.mktemp("eval-run")
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "+experiment=unet_dice",
-                *data_overrides,
-                "data.image_size=[64,64]",
-                "data.num_workers=0",
-                "model.base_channels=8",
-                "trainer.max_epochs=1",
-                "trainer.limit_train_batches=1",
-                "callbacks.progress_bar=null",
-                "callbacks.model_summary=null",
-                "test=false",
-                f"paths.output_dir={run_dir}",
-            ],
-        )
-    train(cfg)
-    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
-    lone = tmp_path_factory.mktemp("lone") / "model.ckpt"
-    shutil.copy(best, lone)
-    shutil.rmtree(run_dir)
-    return lone
+def lone_checkpoint(tiny_trained_run, tmp_path_factory) -> Path:
+    """A one-batch training run's best checkpoint, copied alone into an empty folder."""
+    (best,) = (tiny_trained_run / "checkpoints").glob("epoch_*.ckpt")
+    return Path(shutil.copy(best, tmp_path_factory.mktemp("lone") / "model.ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from scipy import ndimage
 
 from src.biometry import measure_head
@@ -22,52 +21,15 @@ from src.evaluation.evaluate import choose_postprocess, evaluate, read_original,
 from src.evaluation.inference import predict_labels, predict_logits
 from src.evaluation.postprocess import fill_holes, keep_largest_component, postprocess
 from src.evaluation.surface import class_surface_distances, hd95_assd
-from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ("background", "brain", "csp", "lv")
 
 
-def train_overrides(phantom_raw: Path, cache: Path) -> list[str]:
-    """The session phantom at 64 px and a tiny UNet: one training batch, no test."""
-    return [
-        "+experiment=unet_dice",
-        f"data.root={phantom_raw}",
-        "data.synthetic=null",
-        f"data.cache_dir={cache}",
-        "data.image_size=[64,64]",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "model.base_channels=8",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=1",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
-    ]
-
-
-@pytest.fixture(scope="module")
-def trained_run(phantom_raw, tmp_path_factory) -> Path:
-    """A one-batch training run (test=false): its folder holds checkpoints/epoch_000.ckpt."""
-    run_dir = tmp_path_factory.mktemp("evaluation-run")
-    cache = tmp_path_factory.getbasetemp() / "evaluation-prepared"
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                *train_overrides(phantom_raw, cache),
-                "test=false",
-                f"paths.output_dir={run_dir}",
-            ],
-        )
-    train(cfg)
-    return run_dir
-
-
 @pytest.fixture()
-def lone_checkpoint(trained_run, tmp_path) -> Path:
+def lone_checkpoint(tiny_trained_run, tmp_path) -> Path:
     """The best checkpoint copied alone into an empty folder."""
-    (best,) = (trained_run / "checkpoints").glob("epoch_*.ckpt")
+    (best,) = (tiny_trained_run / "checkpoints").glob("epoch_*.ckpt")
     return Path(shutil.copy(best, tmp_path / "model.ckpt"))
 
 

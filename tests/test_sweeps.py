@@ -17,33 +17,14 @@ from src.utils import FAILED_MARKER
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def tiny(phantom_raw: Path, tmp_path_factory) -> list[str]:
-    """One short epoch on the session's tiny phantom, nothing drawn on a terminal."""
-    return [
-        "+experiment=unet_dice",
-        f"data.root={phantom_raw}",
-        "data.synthetic=null",
-        f"data.cache_dir={tmp_path_factory.getbasetemp() / 'sweep-prepared'}",
-        "data.image_size=[64,64]",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "model.base_channels=8",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=1",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
-    ]
-
-
 def sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "src.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     env = {**os.environ, "PROJECT_ROOT": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "1"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_a_2x2_sweep_gives_a_4_row_report_and_one_wandb_run_per_job(tiny, tmp_path):
-    done = sweep(tmp_path, *tiny, "loss=dice,ce", "augmentation=none,basic", "logger=wandb")
+def test_a_2x2_sweep_gives_a_4_row_report_and_one_wandb_run_per_job(tiny_run, tmp_path):
+    done = sweep(tmp_path, *tiny_run, "loss=dice,ce", "augmentation=none,basic", "logger=wandb")
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
@@ -59,9 +40,9 @@ def test_a_2x2_sweep_gives_a_4_row_report_and_one_wandb_run_per_job(tiny, tmp_pa
         assert tmp_path.name.encode() in record  # the sweep's group
 
 
-def test_a_failing_job_is_named_and_does_not_stop_the_sweep(tiny, tmp_path):
+def test_a_failing_job_is_named_and_does_not_stop_the_sweep(tiny_run, tmp_path):
     # Two output classes for four labels: job 0 fails in its first step; job 1 must still run.
-    done = sweep(tmp_path, *tiny, "model.num_classes=2,4")
+    done = sweep(tmp_path, *tiny_run, "model.num_classes=2,4")
     assert done.returncode == 1
     failed, finished = tmp_path / "0", tmp_path / "1"
     marker = (failed / FAILED_MARKER).read_text()
@@ -74,11 +55,11 @@ def test_a_failing_job_is_named_and_does_not_stop_the_sweep(tiny, tmp_path):
     assert [job.path for job in report.jobs if job.status == "failed"] == [failed]
 
 
-def test_an_optuna_search_maximises_the_optimized_metric(tiny, tmp_path):
+def test_an_optuna_search_maximises_the_optimized_metric(tiny_run, tmp_path):
     done = sweep(
         tmp_path,
         "hparams_search=unet_optuna",
-        *tiny,
+        *tiny_run,
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2",
     )

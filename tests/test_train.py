@@ -26,20 +26,8 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 
 
 @pytest.fixture(scope="session")
-def data_overrides(phantom_raw: Path, tmp_path_factory) -> list[str]:
-    """Point the data at the session's tiny phantom, small images, no worker processes."""
-    cache = tmp_path_factory.getbasetemp() / "train-prepared"
-    return [
-        f"data.root={phantom_raw}",
-        "data.synthetic=null",
-        f"data.cache_dir={cache}",
-        "data.image_size=[64,64]",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "trainer.log_every_n_steps=1",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
-    ]
+def data_overrides(tiny_data) -> list[str]:
+    return [*tiny_data, "trainer.log_every_n_steps=1"]
 
 
 def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
@@ -103,9 +91,7 @@ def test_short_run_keeps_best_and_last_and_writes_summary(data_overrides, tmp_pa
     assert {"id", "plane", "subject"} <= set(summary["per_image"][0])
     # Scored at the original size; the trainer's test pass at the training size is kept too.
     assert summary["settings"]["resolution"].startswith("original")
-    assert summary["mean"]["dice_mean"] == pytest.approx(
-        metrics["test_original_size/dice_mean"]
-    )
+    assert summary["mean"]["dice_mean"] == pytest.approx(metrics["test_original_size/dice_mean"])
     training_size = summary["training_resolution"]
     assert training_size["mean"]["dice_mean"] == pytest.approx(metrics["test/dice_mean"])
     assert (ckpts / "per_image.csv").is_file()

@@ -16,22 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def data_overrides(phantom_raw: Path, tmp_path_factory) -> list[str]:
-    cache = tmp_path_factory.getbasetemp() / "train-prepared"  # shared with test_train.py
-    return [
-        f"data.root={phantom_raw}",
-        "data.synthetic=null",
-        f"data.cache_dir={cache}",
-        "data.image_size=[64,64]",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
-        "+experiment=unet_dice",
-        "model.base_channels=8",
-        "trainer.limit_train_batches=2",
-        "test=false",
-    ]
+def data_overrides(tiny_run) -> list[str]:
+    return [*tiny_run, "trainer.limit_train_batches=2", "test=false"]
 
 
 def fit(output_dir: Path, overrides: list[str], *extra: str) -> None:

@@ -7,6 +7,7 @@ them to tmp_path before altering anything).
 from pathlib import Path
 
 import pytest
+import torch
 
 from src.data.fetal_head import prepare_dataset
 from src.data.phantom_record import write_phantom_record
@@ -68,8 +69,10 @@ def tiny_trained_run(tiny_run, tmp_path_factory) -> Path:
 
     run_dir = tmp_path_factory.mktemp("tiny-run")
     conf = Path(__file__).resolve().parents[1] / "conf"
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     with initialize_config_dir(str(conf), version_base="1.3"):
         train(compose("train", [*tiny_run, "test=false", f"paths.output_dir={run_dir}"]))
+    torch.use_deterministic_algorithms(was_deterministic)  # as restore_torch_determinism does
     return run_dir
 
 
@@ -77,8 +80,6 @@ def tiny_trained_run(tiny_run, tmp_path_factory) -> Path:
 def restore_torch_determinism():
     """A Trainer with ``deterministic=True`` switches torch's deterministic algorithms on for
     the whole process; switch it back so no test depends on which tests ran before it."""
-    import torch
-
     was_enabled = torch.are_deterministic_algorithms_enabled()
     yield
     torch.use_deterministic_algorithms(was_enabled)

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 from src.biometry import HeadMeasurement, PixelSize, measure_biometry
+from src.data.cache import check_replaceable, replace_dir
 from src.data.classes import FETAL_HEAD
 from src.evaluation.checkpoint import RestoredModel, load_model
 from src.evaluation.inference import predict_labels
@@ -37,7 +38,8 @@ from src.visualize import biometry_overlay
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-BIOMETRY_CSV = "biometry.csv"  # also the mark of a prediction folder (see _check_replaceable)
+BIOMETRY_CSV = "biometry.csv"  # also the mark of a prediction folder (see check_replaceable)
+PREDICTION_KIND = "prediction folder"
 SKIPPED_CSV = "skipped.csv"
 BIOMETRY_COLUMNS = [f.name for f in fields(HeadMeasurement)] + ["csp_width", "lv_width"]
 
@@ -72,31 +74,6 @@ def read_image(path: Path) -> np.ndarray:
     if image is None:
         raise ValueError(f"{path}: cannot be decoded as an image (corrupt or not a PNG/JPEG)")
     return image
-
-
-def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
-    """``out_dir`` may be written if it is missing or empty, or replaced with ``overwrite``
-    if it is an earlier prediction folder (it holds biometry.csv): never anything else."""
-    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
-        return
-    if not overwrite:
-        raise FileExistsError(f"out_dir {out_dir} exists; pass overwrite=true to replace it")
-    if not (out_dir / BIOMETRY_CSV).is_file():
-        raise FileExistsError(
-            f"out_dir {out_dir} is not an earlier prediction folder (no {BIOMETRY_CSV}): "
-            "overwrite=true replaces only those; choose another out_dir"
-        )
-
-
-def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
-    """Swap the finished folder in; an old prediction folder is deleted only after the swap.
-    Checked again: ``out_dir`` may have appeared while predicting."""
-    _check_replaceable(out_dir, overwrite)
-    retired = staging.with_name(staging.name + ".old")
-    if out_dir.exists():
-        out_dir.rename(retired)
-    staging.rename(out_dir)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _measures_biometry(class_names: Sequence[str]) -> bool:
@@ -141,7 +118,7 @@ def predict_files(
     """Predict every readable file into ``out_dir`` (built aside, moved in when complete).
     Raises ValueError naming every bad file when none could be processed."""
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir, overwrite)
+    check_replaceable(out_dir, overwrite, [BIOMETRY_CSV], PREDICTION_KIND)
     if model.in_channels != 1:
         raise ValueError(
             f"{model.checkpoint_path}: the model takes {model.in_channels} input channels; "
@@ -193,7 +170,7 @@ def predict_files(
                 + "; ".join(report.skipped.values())
             )
         _write_tables(staging, report)
-        _move_into_place(staging, out_dir, overwrite)
+        replace_dir(out_dir, staging, overwrite, [BIOMETRY_CSV], PREDICTION_KIND)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
     return report
@@ -225,7 +202,8 @@ def predict(
     device: str = "cpu",
 ) -> PredictionReport:
     """Load the checkpoint and predict one image or a folder (see the module docstring)."""
-    _check_replaceable(Path(out_dir), overwrite)  # before the slow part
+    # Before the slow part; checked again when the finished folder is moved in.
+    check_replaceable(Path(out_dir), overwrite, [BIOMETRY_CSV], PREDICTION_KIND)
     files = list_inputs(input_path)
     model = load_model(ckpt_path, map_location=device)
     report = predict_files(

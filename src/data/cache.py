@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +78,35 @@ def build_dir_atomically(target: Path, build: Callable[[Path], object]) -> Path:
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
     return target
+
+
+def check_replaceable(out_dir: Path, overwrite: bool, markers: Sequence[str], kind: str) -> None:
+    """An output folder may be written if it is missing or empty (nothing to lose), or replaced
+    with ``overwrite`` if it holds every one of ``markers`` (an earlier output of the same
+    ``kind``): never a file or a folder of anything else."""
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    if not overwrite:
+        raise FileExistsError(f"out_dir {out_dir} exists; pass overwrite=true to replace it")
+    if not all((out_dir / marker).is_file() for marker in markers):
+        raise FileExistsError(
+            f"out_dir {out_dir} holds no {kind} ({' and '.join(markers)} missing), so it is not "
+            f"an earlier {kind}: overwrite=true replaces only those; choose another out_dir"
+        )
+
+
+def replace_dir(
+    out_dir: Path, staging: Path, overwrite: bool, markers: Sequence[str], kind: str
+) -> None:
+    """Swap the finished ``staging`` folder in; an old ``out_dir`` is deleted only after the
+    swap. Checked again here: ``out_dir`` may have appeared meanwhile (another process writing
+    the same output), and is then not swapped out from under it unless ``overwrite`` says so."""
+    check_replaceable(out_dir, overwrite, markers, kind)
+    retired = staging.with_name(staging.name + ".old")
+    if out_dir.exists():
+        out_dir.rename(retired)
+    staging.rename(out_dir)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def read_index(prepared_dir: Path) -> pd.DataFrame:

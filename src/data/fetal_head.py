@@ -34,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from src.data.cache import resize_mask
+from src.data.cache import INDEX_COLUMNS, check_replaceable, replace_dir, resize_mask
 from src.data.classes import FETAL_HEAD, PALETTES, RGB
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,9 @@ READER_VERSION = 1
 SOURCE_FILE = "source.json"
 # Files by which an existing folder is recognised as a prepared copy (and may be replaced).
 PREPARED_MARKERS = ("index.csv", "prepare_report.json")
+PREPARED_KIND = "prepared copy"
 
 PLANES = ("Trans-thalamic", "Trans-ventricular", "Trans-cerebellum", "Diverse")
-INDEX_COLUMNS = ("image", "mask", "plane", "subject", "pixel_size_mm", "orig_width", "orig_height")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # Below half the smallest distance between two colours of any palette (VOC: 128), so a colour
@@ -398,23 +398,6 @@ def _not_this_dataset(raw_dir: Path, report: _Report) -> DatasetLayoutError:
     )
 
 
-def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
-    """OUT may be written if it is missing, or replaced with ``overwrite`` if it holds an
-    earlier prepared copy (or nothing): never a folder of anything else."""
-    if not out_dir.exists():
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=true to replace it")
-    if not out_dir.is_dir():
-        raise FileExistsError(f"out_dir {out_dir} is a file, not an earlier prepared copy")
-    is_prepared = all((out_dir / marker).is_file() for marker in PREPARED_MARKERS)
-    if not is_prepared and any(out_dir.iterdir()):
-        raise FileExistsError(
-            f"out_dir {out_dir} holds no prepared copy (no {' and '.join(PREPARED_MARKERS)}): "
-            "overwrite=true replaces only an earlier prepared copy; choose another out_dir"
-        )
-
-
 def _check_destination(raw_dir: Path, out_dir: Path, overwrite: bool) -> None:
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"raw_dir {raw_dir} is not a folder (expected the record's zips)")
@@ -422,23 +405,7 @@ def _check_destination(raw_dir: Path, out_dir: Path, overwrite: bool) -> None:
     # Either way round, a re-run would read its own output or replace the raw record.
     if out.is_relative_to(raw) or raw.is_relative_to(out):
         raise ValueError(f"out_dir {out_dir} and raw_dir {raw_dir} must not contain one another")
-    _check_replaceable(out_dir, overwrite)
-
-
-def _replace(out_dir: Path, staging: Path, overwrite: bool) -> None:
-    """Swap the finished staging folder in; the old OUT is deleted only after the swap.
-
-    Checked again here: OUT may have appeared while reading (another process preparing the
-    same OUT), and is then not swapped out from under it unless ``overwrite`` says so.
-    """
-    _check_replaceable(out_dir, overwrite)
-    if not out_dir.exists():
-        staging.rename(out_dir)
-        return
-    retired = staging.with_name(staging.name + ".old")
-    out_dir.rename(retired)
-    staging.rename(out_dir)
-    shutil.rmtree(retired)
+    check_replaceable(out_dir, overwrite, PREPARED_MARKERS, PREPARED_KIND)
 
 
 # ---------------------------------------------------------------------------- source listing
@@ -519,7 +486,7 @@ def prepare_dataset(
             _write_index(staging / "index.csv", rows)
             (staging / "prepare_report.json").write_text(json.dumps(summary, indent=2) + "\n")
             write_source_record(raw_dir, staging, source)
-            _replace(out_dir, staging, overwrite)
+            replace_dir(out_dir, staging, overwrite, PREPARED_MARKERS, PREPARED_KIND)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     log.info(

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.cache import load_resized, read_index
+from src.data.cache import load_resized
 from src.data.classes import FETAL_HEAD
-from src.data.datamodule import FetalHeadDataModule, to_sample
-from src.data.fetal_head import prepare_dataset
-from src.data.phantom_record import write_phantom_record
+from src.data.datamodule import SegmentationDataModule, to_sample
+from src.data.prepared import read_index
+from src.data.readers.fetal_head import FetalHeadReader, prepare_dataset
 from src.data.splits import SPLIT_NAMES
+from src.synthetic.record import write_phantom_record
 
 
 class DecodingDataset(Dataset):
@@ -70,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
         phantom_s = time.perf_counter() - start
         print(f"phantom record ({args.n_subjects} subjects, 959x661): {phantom_s:.1f} s")
 
-        dm = FetalHeadDataModule(
+        dm = SegmentationDataModule(
             root=raw,
+            reader=FetalHeadReader(),
+            stratify_column="plane",
             cache_dir=Path(tmp) / "prepared",
             image_size=image_size,
             batch_size=args.batch_size,

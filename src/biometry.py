@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from src.data.classes import FETAL_HEAD
+from src.data.classes import FETAL_HEAD, ClassSet
 
 PixelSize = float | tuple[float, float] | None
 
@@ -68,6 +68,10 @@ CHECK_UNSUPPORTED = 0.10
 CHECK_MAX_RESIDUAL_REL = 0.06
 _MIN_POINTS = 6  # fewer boundary points than this: no measurable head
 _ROBUST_ITERATIONS = 10
+
+
+# The ellipse parameters of a HeadMeasurement (centre, semi-axes, angle), in this order.
+ELLIPSE_FIELDS = ("center_x", "center_y", "semi_axis_a", "semi_axis_b", "angle_rad")
 
 
 @dataclass(frozen=True)
@@ -421,37 +425,31 @@ def measure_biometry(
     return Biometry(head, csp, lv)
 
 
-def read_hc18_annotation(path: str | Path) -> np.ndarray:
-    """An HC18 ``*_HC_Annotation.png`` (white ellipse outline on black, grey or RGB) as a
-    filled boolean head mask; an already filled head is returned as it is.
+def measure_class_set(
+    mask: np.ndarray, class_set: ClassSet, pixel_size_mm: PixelSize = None
+) -> Biometry | None:
+    """``measure_biometry`` with the head labels of ``class_set`` and its CSP and LV classes
+    where it has them (HC18's head-only class set measures the head alone)."""
+    names = [name.casefold() for name in class_set.names]
+    return measure_biometry(
+        mask,
+        pixel_size_mm,
+        head_labels=class_set.head_labels,
+        csp_label=names.index("csp") if "csp" in names else None,
+        lv_label=names.index("lv") if "lv" in names else None,
+    )
 
-    The outline is drawn a few pixels wide, centred on the sonographer's ellipse: filling
-    it whole would put the head edge half a line width outside that ellipse. So the
-    ellipse is fitted to the outline's pixel centres (which straddle it evenly) and the
-    mask is the pixels whose centre lies inside it. (A filled annotation that kept its
-    whole line, as those in ``data/hc18-sample`` seem to, cannot be told apart: its HC
-    reads larger by about pi x the line width, +0.5 to +1.3% there.)"""
-    path = Path(path)
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError(f"{path}: not a readable image (expected an HC18 annotation PNG)")
-    drawn = image > 127
-    filled = ndimage.binary_fill_holes(drawn)
-    if np.array_equal(filled, drawn):  # nothing enclosed: a filled head or a broken outline
-        rows, cols = np.nonzero(drawn)
-        extent = max(np.ptp(rows), np.ptp(cols)) + 1 if rows.size else 0
-        # A head is thick (inscribed radius ~ a third of its extent), a line is not.
-        if not rows.size or ndimage.distance_transform_edt(drawn).max() < 0.1 * extent:
-            raise ValueError(
-                f"{path}: expected a closed white head outline (or a filled head) on black; "
-                f"found {rows.size} white pixels enclosing no region"
-            )
-        return filled
-    rows, cols = np.nonzero(drawn)
+
+def fitted_ellipse_mask(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Boolean (H, W) mask of the pixels whose centre lies inside the least-squares ellipse
+    through the points (``rows``, ``cols``): an outline drawn around a centre line becomes
+    the region that line encloses (used by the HC18 reader for the sonographers' outlines)."""
     ellipse = _fit_ellipse(np.stack([cols, rows], axis=1).astype(np.float64))
-    rows, cols = np.indices(drawn.shape)
-    u, v = _frame(np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64), ellipse)
-    return ((u / ellipse.a) ** 2 + (v / ellipse.b) ** 2 <= 1).reshape(drawn.shape)
+    grid_rows, grid_cols = np.indices(shape)
+    u, v = _frame(
+        np.stack([grid_cols.ravel(), grid_rows.ravel()], axis=1).astype(np.float64), ellipse
+    )
+    return ((u / ellipse.a) ** 2 + (v / ellipse.b) ** 2 <= 1).reshape(shape)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         if isinstance(setting, DictConfig)
         else setting,
         validation_rows=datamodule.split_rows("val"),
+        strata_column=datamodule.stratify_column,
     )
     summary = evaluation_summary(
         result,

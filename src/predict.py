@@ -1,12 +1,15 @@
 """Predict label masks, overlays and head biometry for PNG/JPEG images (no labels needed).
 
     python -m src.predict ckpt_path=<file.ckpt> input=<image|folder> out_dir=<folder>
-        [pixel_size_mm=0.15] [overwrite=true] [tta_flip=true]
+        [pixel_size_mm=0.15 | pixel_size_csv=<HC18 CSV>] [overwrite=true] [tta_flip=true]
 
 Writes ``out_dir/masks/<name>.png`` (uint8 label ids at the image's original size),
 ``out_dir/overlays/<name>.png`` (class colours, the fitted head ellipse and its values) and
 ``out_dir/biometry.csv`` (one row per image; mm with ``pixel_size_mm``, px otherwise; the
-fit-quality ``check`` flag). A file that cannot be read is named, listed in ``skipped.csv``
+fit-quality ``check`` flag). ``pixel_size_csv`` gives a pixel size per file instead, from a CSV
+in HC18's format (``filename,pixel size(mm)``, as ``test_set_pixel_size.csv``); with pixel sizes
+for every image, ``out_dir/hc18_submission.csv`` holds the head ellipses in the challenge's
+format. A file that cannot be read is named, listed in ``skipped.csv``
 and the others go on; the command fails only when no image could be processed. The folder
 is built beside ``out_dir`` and moved in when complete, and an existing ``out_dir`` is
 replaced only with ``overwrite=true`` and only if it is an earlier prediction folder.
@@ -28,9 +31,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
-from src.biometry import HeadMeasurement, PixelSize, measure_biometry
-from src.data.cache import check_replaceable, replace_dir
-from src.data.classes import FETAL_HEAD
+from src.biometry import ELLIPSE_FIELDS, HeadMeasurement, PixelSize, measure_class_set
+from src.data.classes import ClassSet, class_set_for
+from src.data.prepared import check_replaceable, replace_dir
+from src.data.readers.hc18 import PIXEL_SIZE, SUBMISSION_CSV, read_pixel_csv, write_submission
 from src.evaluation.checkpoint import RestoredModel, load_model
 from src.evaluation.inference import predict_labels
 from src.visualize import biometry_overlay
@@ -76,8 +80,10 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
-def _measures_biometry(class_names: Sequence[str]) -> bool:
-    return tuple(class_names) == FETAL_HEAD.names
+def _head_class_set(class_names: Sequence[str]) -> ClassSet | None:
+    """The registered class set of these names if it has a head to measure."""
+    class_set = class_set_for(class_names)
+    return class_set if class_set is not None and class_set.head_labels else None
 
 
 def predict_image(
@@ -97,9 +103,8 @@ def predict_image(
         rules=rules,
         class_names=model.class_names,
     )
-    biometry = (
-        measure_biometry(labels, pixel_size_mm) if _measures_biometry(model.class_names) else None
-    )
+    class_set = _head_class_set(model.class_names)
+    biometry = class_set and measure_class_set(labels, class_set, pixel_size_mm)
     overlay = biometry_overlay(image, labels, model.class_names, biometry, pixel_size_mm)
     values = biometry.as_row() if biometry else {}
     return labels, overlay, {"head_found": biometry is not None, **values}
@@ -111,12 +116,17 @@ def predict_files(
     out_dir: str | Path,
     *,
     pixel_size_mm: PixelSize = None,
+    pixel_sizes: Mapping[str, float] | None = None,
     tta_flip: bool = False,
     rules: Mapping[str, Sequence[str]] | None = None,
     overwrite: bool = False,
 ) -> PredictionReport:
     """Predict every readable file into ``out_dir`` (built aside, moved in when complete).
-    Raises ValueError naming every bad file when none could be processed."""
+    ``pixel_sizes``: mm per pixel by file name (instead of one ``pixel_size_mm`` for all; a
+    file it does not list is skipped). Raises ValueError naming every bad file when none
+    could be processed."""
+    if pixel_sizes is not None and pixel_size_mm is not None:
+        raise ValueError("give pixel_size_mm or a pixel-size CSV, not both")
     out_dir = Path(out_dir)
     check_replaceable(out_dir, overwrite, [BIOMETRY_CSV], PREDICTION_KIND)
     if model.in_channels != 1:
@@ -124,8 +134,8 @@ def predict_files(
             f"{model.checkpoint_path}: the model takes {model.in_channels} input channels; "
             "src.predict feeds grey images (1 channel)"
         )
-    if not _measures_biometry(model.class_names):
-        log.warning("classes %s are not the fetal head's: no biometry", model.class_names)
+    if _head_class_set(model.class_names) is None:
+        log.warning("classes %s have no head to measure: no biometry", model.class_names)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging_root = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -142,13 +152,16 @@ def predict_files(
                         f"{path}: its outputs would be named {output_name} as those of "
                         f"{written[output_name]}; rename one of them"
                     )
+                if pixel_sizes is not None and path.name not in pixel_sizes:
+                    raise ValueError(f"{path}: not listed in the pixel-size CSV")
+                size = pixel_sizes[path.name] if pixel_sizes is not None else pixel_size_mm
                 image = read_image(path)
             except ValueError as error:
                 log.error("skipped %s", error)
                 report.skipped[str(path)] = str(error)
                 continue
             labels, overlay, values = predict_image(
-                model, image, pixel_size_mm=pixel_size_mm, tta_flip=tta_flip, rules=rules
+                model, image, pixel_size_mm=size, tta_flip=tta_flip, rules=rules
             )
             _write_png(staging / "masks" / output_name, labels)
             _write_png(staging / "overlays" / output_name, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
@@ -160,7 +173,7 @@ def predict_files(
                     "overlay": f"overlays/{output_name}",
                     "width": image.shape[1],
                     "height": image.shape[0],
-                    "units": "px" if pixel_size_mm is None else "mm",
+                    "units": "px" if size is None else "mm",
                     **values,
                 }
             )
@@ -185,6 +198,16 @@ def _write_tables(folder: Path, report: PredictionReport) -> None:
     rows = pd.DataFrame(report.rows)
     columns = list(dict.fromkeys([*rows.columns, *BIOMETRY_COLUMNS]))
     rows.reindex(columns=columns).to_csv(folder / BIOMETRY_CSV, index=False)
+    if (rows["units"] == "mm").all():
+        write_submission(
+            folder / SUBMISSION_CSV,
+            {
+                Path(row["image"]).name: {k: row[k] for k in ELLIPSE_FIELDS}
+                if row["head_found"]
+                else None
+                for row in report.rows
+            },
+        )
     if report.skipped:
         skipped = pd.DataFrame({"file": report.skipped.keys(), "reason": report.skipped.values()})
         skipped.to_csv(folder / SKIPPED_CSV, index=False)
@@ -196,6 +219,7 @@ def predict(
     out_dir: str | Path,
     *,
     pixel_size_mm: PixelSize = None,
+    pixel_size_csv: str | Path | None = None,
     overwrite: bool = False,
     tta_flip: bool = False,
     rules: Mapping[str, Sequence[str]] | None = None,
@@ -205,12 +229,17 @@ def predict(
     # Before the slow part; checked again when the finished folder is moved in.
     check_replaceable(Path(out_dir), overwrite, [BIOMETRY_CSV], PREDICTION_KIND)
     files = list_inputs(input_path)
+    pixel_sizes = None
+    if pixel_size_csv is not None:
+        listed = read_pixel_csv(Path(pixel_size_csv))
+        pixel_sizes = {name: values[PIXEL_SIZE] for name, values in listed.items()}
     model = load_model(ckpt_path, map_location=device)
     report = predict_files(
         model,
         files,
         out_dir,
         pixel_size_mm=pixel_size_mm,
+        pixel_sizes=pixel_sizes,
         tta_flip=tta_flip,
         rules=rules,
         overwrite=overwrite,
@@ -234,6 +263,7 @@ def main(cfg: DictConfig) -> None:
         cfg.input,
         cfg.out_dir,
         pixel_size_mm=config["pixel_size_mm"],
+        pixel_size_csv=cfg.pixel_size_csv,
         overwrite=cfg.overwrite,
         tta_flip=cfg.tta_flip,
         rules=config["postprocess"],

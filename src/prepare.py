@@ -1,21 +1,18 @@
-"""Entry point: read the raw fetal head record into a prepared dir (see src.data.fetal_head)."""
+"""Entry point: read a dataset's raw layout into a prepared dir with the data config's reader
+(see src.data.prepared for the format, src.data.readers for the layouts)."""
 
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from src.data.fetal_head import prepare_dataset
+import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    prepare_dataset(
-        Path(cfg.raw_dir),
-        Path(cfg.out_dir),
-        overwrite=cfg.overwrite,
-        colour_tolerance=cfg.colour_tolerance,
-    )
+    reader = hydra.utils.instantiate(cfg.data.reader)
+    reader.prepare(Path(cfg.raw_dir), Path(cfg.out_dir), overwrite=cfg.overwrite)
 
 
 if __name__ == "__main__":

@@ -177,6 +177,11 @@ def _read_summary(path: Path) -> dict:
     return summary
 
 
+# Head circumference, mm: |pred - ellipse of the true mask| and |pred - the sonographer's
+# value| (HC18's CSV), mean and worst image.
+BIOMETRY_COLUMNS = ("hc_mae_mm", "hc_ref_mae_mm", "hc_ref_max_mm")
+
+
 def job_metrics(summary: dict) -> dict[str, float]:
     """A summary flattened to one number per column; absent values (no ``training`` block,
     a class absent from every test image) are NaN."""
@@ -186,6 +191,13 @@ def job_metrics(summary: dict) -> dict[str, float]:
         row |= {f"{m}_{name}": scores.get(m) for m in ("dice", "iou")}
     training = summary.get("training") or {}
     row |= {k: training.get(k) for k in ("num_parameters", "seconds_per_epoch", "best_epoch")}
+    in_mm = (summary.get("biometry") or {}).get("mm") or {}
+    versus_reference = in_mm.get("hc_vs_reference") or {}
+    row |= {
+        "hc_mae_mm": (in_mm.get("differences", {}).get("hc") or {}).get("mean_abs"),
+        "hc_ref_mae_mm": versus_reference.get("mean_abs"),
+        "hc_ref_max_mm": versus_reference.get("max_abs"),
+    }
     return {k: math.nan if v is None else float(v) for k, v in row.items()}
 
 
@@ -211,6 +223,9 @@ def build_report(dirs: Sequence[Path]) -> Report:
         [{"setting": labels[j.setting], "fold": j.fold} | job_metrics(j.summary) for j in finished],
         columns=["setting", "fold", *columns],
     ).sort_values(["setting", "fold"], ignore_index=True)
+    # Head-circumference columns only where some run measured heads in mm.
+    columns = [c for c in columns if c not in BIOMETRY_COLUMNS or per_fold[c].notna().any()]
+    per_fold = per_fold[["setting", "fold", *columns]]
     table = per_fold.groupby("setting", sort=False)[columns].agg(["mean", "std", "count"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table = table.rename(columns=lambda c: c.replace("_count", "_n"))
@@ -259,6 +274,7 @@ def _metric_columns(classes: list[str]) -> list[str]:
         "iou_mean",
         *(f"dice_{c}" for c in classes),
         *(f"iou_{c}" for c in classes),
+        *BIOMETRY_COLUMNS,
         "num_parameters",
         "seconds_per_epoch",
         "best_epoch",
@@ -299,10 +315,13 @@ def paired_comparisons(
 
 # --- writing it -----------------------------------------------------------------------------
 
-# Higher is better for the scores, lower for size and time; best_epoch has no better side.
-_LOWER_IS_BETTER = {"num_parameters", "seconds_per_epoch"}
+# Higher is better for the scores, lower for errors, size and time; best_epoch has no better
+# side.
+_LOWER_IS_BETTER = {"num_parameters", "seconds_per_epoch", *BIOMETRY_COLUMNS}
 _NO_BEST = {"best_epoch"}
-_FORMATS = {"num_parameters": ",.0f", "seconds_per_epoch": ".1f", "best_epoch": ".1f"}
+_FORMATS = {"num_parameters": ",.0f", "seconds_per_epoch": ".1f", "best_epoch": ".1f"} | {
+    column: ".2f" for column in BIOMETRY_COLUMNS
+}
 _HEADERS = {"num_parameters": "parameters", "seconds_per_epoch": "s/epoch"}
 
 

@@ -1,11 +1,11 @@
-"""Entry point: write a phantom record in the raw layout (see src.data.phantom_record)."""
+"""Entry point: write a phantom record in the raw layout (see src.synthetic.record)."""
 
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from src.data.phantom_record import write_phantom_record
+from src.synthetic.record import write_phantom_record
 
 
 @hydra.main(config_path="../conf", config_name="synth", version_base="1.3")

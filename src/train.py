@@ -116,6 +116,7 @@ def test_best_checkpoint(
         if isinstance(settings.postprocess, DictConfig)
         else settings.postprocess,
         validation_rows=datamodule.split_rows("val"),
+        strata_column=datamodule.stratify_column,
     )
     summary = evaluation_summary(
         result,

@@ -16,9 +16,8 @@ import cv2
 import numpy as np
 
 from src.biometry import Biometry, HeadMeasurement
-from src.data.classes import FETAL_HEAD, RGB
+from src.data.classes import RGB, class_set_for
 
-KNOWN_CLASS_SETS = (FETAL_HEAD,)
 ELLIPSE_COLOUR: RGB = (255, 255, 0)  # yellow: stands out from the class colours
 UNSUPPORTED_COLOUR: RGB = (255, 140, 0)  # orange: parts of the ellipse no contour supports
 TEXT_COLOUR: RGB = (255, 255, 255)
@@ -28,9 +27,9 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 def class_colours(names: Sequence[str]) -> tuple[RGB, ...]:
     """Display colour per label id: the registry's colours for a known class set, else
     evenly spaced hues (background black) so any class set can be drawn."""
-    for known in KNOWN_CLASS_SETS:
-        if tuple(name.casefold() for name in names) == known.names:
-            return known.display_colours
+    known = class_set_for(names)
+    if known is not None:
+        return known.display_colours
     hues = np.linspace(0, 180, max(len(names) - 1, 1), endpoint=False).astype(np.uint8)
     hsv = np.stack([hues, np.full_like(hues, 200), np.full_like(hues, 240)], axis=-1)
     rgb = cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]

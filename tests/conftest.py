@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data.fetal_head import prepare_dataset
-from src.data.phantom_record import write_phantom_record
+from src.data.readers.fetal_head import prepare_dataset
+from src.synthetic.record import write_phantom_record
 
 PHANTOM_SUBJECTS = 8  # 6 patients over the three Trans-* planes, 2 HC18 subjects: 19 images
 PHANTOM_SIZE = (96, 66)  # width, height: the record's 959x661 aspect, ten times smaller

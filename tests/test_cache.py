@@ -12,14 +12,8 @@ from PIL import Image
 from scipy import ndimage
 
 from src.data import cache
-from src.data.cache import (
-    build_cache,
-    build_dir_atomically,
-    cache_dir_for,
-    open_cache,
-    resize_image,
-    resize_mask,
-)
+from src.data.cache import build_cache, cache_dir_for, open_cache, resize_image, resize_mask
+from src.data.prepared import build_dir_atomically
 
 NUM_CLASSES = 4
 

@@ -1,7 +1,9 @@
-"""FetalHeadDataModule: where data comes from, what a batch is, splits, augmentation configs."""
+"""SegmentationDataModule on the fetal head reader: where data comes from, what a batch is,
+splits, augmentation configs."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -20,11 +22,11 @@ from omegaconf.errors import MissingMandatoryValue
 from test_cache import write_prepared_dir
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from src.data import datamodule as datamodule_module
-from src.data.cache import read_index
 from src.data.classes import FETAL_HEAD
-from src.data.datamodule import CachedSegmentationDataset, FetalHeadDataModule
-from src.data.fetal_head import write_source_record
+from src.data.datamodule import CachedSegmentationDataset, SegmentationDataModule
+from src.data.prepared import read_index, source_record, write_source_record
+from src.data.readers.fetal_head import FetalHeadReader
+from src.synthetic.record import write_phantom_record
 
 ROOT = Path(__file__).resolve().parents[1]
 AUGMENTATIONS = sorted((ROOT / "conf" / "augmentation").glob("*.yaml"))
@@ -32,20 +34,27 @@ AUGMENTATIONS = sorted((ROOT / "conf" / "augmentation").glob("*.yaml"))
 ROWS = [(f"P{i}", plane) for i in range(9) for plane in ("tt", "tc")]
 
 
-def fake_datamodule(tmp_path: Path, **overrides) -> FetalHeadDataModule:
+def fetal_head_data(**args) -> SegmentationDataModule:
+    """The DataModule as conf/data/fetal_head.yaml wires it."""
+    return SegmentationDataModule(
+        **(dict(reader=FetalHeadReader(), stratify_column="plane") | args)
+    )
+
+
+def fake_datamodule(tmp_path: Path, **overrides) -> SegmentationDataModule:
     """A datamodule whose prepared dir is a fake one, already in its keyed place and up to
     date with its (empty) root."""
     root = tmp_path / "raw"
     root.mkdir(exist_ok=True)
     args = dict(root=root, cache_dir=tmp_path / "prepared", image_size=(32, 24), batch_size=4)
-    dm = FetalHeadDataModule(**(args | dict(n_folds=3, fold=0, seed=0) | overrides))
+    dm = fetal_head_data(**(args | dict(n_folds=3, fold=0, seed=0) | overrides))
     if not dm.prepared_dir.exists():
         write_prepared_dir(dm.prepared_dir, ROWS)
-        write_source_record(root, dm.prepared_dir)
+        write_source_record(dm.prepared_dir, source_record(root, dm.reader.name, dm.reader.version))
     return dm
 
 
-def ready(dm: FetalHeadDataModule) -> FetalHeadDataModule:
+def ready(dm: SegmentationDataModule) -> SegmentationDataModule:
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -56,7 +65,7 @@ def augmentation(name: str):
 
 
 def test_a_missing_root_without_synthetic_is_an_error_naming_it(tmp_path):
-    dm = FetalHeadDataModule(root=tmp_path / "no-such-record", cache_dir=tmp_path / "prepared")
+    dm = fetal_head_data(root=tmp_path / "no-such-record", cache_dir=tmp_path / "prepared")
     with pytest.raises(FileNotFoundError, match=r"data root .*no-such-record does not exist"):
         dm.prepare_data()
     assert not (tmp_path / "no-such-record").exists()
@@ -64,18 +73,23 @@ def test_a_missing_root_without_synthetic_is_an_error_naming_it(tmp_path):
 
 
 def test_an_incomplete_synthetic_setting_is_named(tmp_path):
-    with pytest.raises(ValueError, match="data.synthetic must have the keys root, n_subjects"):
-        FetalHeadDataModule(root=tmp_path, cache_dir=tmp_path, synthetic={"n_subjects": 3})
+    with pytest.raises(ValueError, match="data.synthetic must have the keys root, generate"):
+        fetal_head_data(root=tmp_path, cache_dir=tmp_path, synthetic={"n_subjects": 3})
 
 
 def tiny_phantom(root: Path) -> dict:
     """A data.synthetic setting: 6 subjects at 64x48, generated only at ``root``."""
-    return {"root": str(root), "n_subjects": 6, "size": [64, 48], "seed": 0}
+    return {"root": str(root), "generate": phantom_generator(n_subjects=6, size=[64, 48])}
+
+
+def phantom_generator(**args):
+    """What conf/data/phantom.yaml's ``synthetic.generate`` instantiates to."""
+    return functools.partial(write_phantom_record, seed=0, **args)
 
 
 def test_a_missing_root_other_than_the_phantoms_own_is_an_error_not_a_phantom(tmp_path, caplog):
     typo = tmp_path / "some" / "typo"
-    dm = FetalHeadDataModule(
+    dm = fetal_head_data(
         root=typo, cache_dir=tmp_path / "prepared", synthetic=tiny_phantom(tmp_path / "phantom")
     )
     with pytest.raises(FileNotFoundError, match=rf"data root {typo} does not exist.*only at"):
@@ -100,30 +114,35 @@ def test_the_default_data_config_refuses_a_mistyped_root(tmp_path):
 
 def test_a_synthetic_root_is_generated_on_first_use_only(tmp_path, monkeypatch, caplog):
     calls = {"phantom": 0, "prepare": 0}
-    for name in ("write_phantom_record", "prepare_dataset"):
-        real = getattr(datamodule_module, name)
-        key = "phantom" if name == "write_phantom_record" else "prepare"
+    synthetic = tiny_phantom(tmp_path / "phantom")
+    generate, reader = synthetic["generate"], FetalHeadReader()
+    prepare = reader.prepare
 
-        def counted(*args, _real=real, _key=key, **kwargs):
-            calls[_key] += 1
-            return _real(*args, **kwargs)
+    def counted(key, real):
+        def call(*args, **kwargs):
+            calls[key] += 1
+            return real(*args, **kwargs)
 
-        monkeypatch.setattr(datamodule_module, name, counted)
+        return call
+
+    synthetic["generate"] = counted("phantom", generate)
+    monkeypatch.setattr(reader, "prepare", counted("prepare", prepare))
     args = dict(
         root=tmp_path / "phantom",
         cache_dir=tmp_path / "prepared",
         image_size=(32, 32),
         n_folds=3,
-        synthetic=tiny_phantom(tmp_path / "phantom"),
+        synthetic=synthetic,
+        reader=reader,
     )
     with caplog.at_level("WARNING"):
-        ready(FetalHeadDataModule(**args))
+        ready(fetal_head_data(**args))
     assert "SYNTHETIC" in caplog.text
     assert calls == {"phantom": 1, "prepare": 1}
-    index = pd.read_csv(FetalHeadDataModule(**args).prepared_dir / "index.csv")
+    index = pd.read_csv(fetal_head_data(**args).prepared_dir / "index.csv")
     assert (index["orig_width"] == 64).all() and (index["orig_height"] == 48).all()
 
-    again = ready(FetalHeadDataModule(**args))
+    again = ready(fetal_head_data(**args))
     assert calls == {"phantom": 1, "prepare": 1}  # neither regenerated nor re-prepared
     assert sum(len(again.splits[s]) for s in ("train", "val", "test")) == len(index)
 
@@ -131,11 +150,9 @@ def test_a_synthetic_root_is_generated_on_first_use_only(tmp_path, monkeypatch, 
 def test_the_prepared_copy_is_keyed_by_the_resolved_root(tmp_path):
     (tmp_path / "a" / "record").mkdir(parents=True)
     (tmp_path / "b" / "record").mkdir(parents=True)
-    first = FetalHeadDataModule(root=tmp_path / "a" / "record", cache_dir=tmp_path / "p")
-    second = FetalHeadDataModule(root=tmp_path / "b" / "record", cache_dir=tmp_path / "p")
-    same = FetalHeadDataModule(
-        root=tmp_path / "a" / ".." / "a" / "record", cache_dir=tmp_path / "p"
-    )
+    first = fetal_head_data(root=tmp_path / "a" / "record", cache_dir=tmp_path / "p")
+    second = fetal_head_data(root=tmp_path / "b" / "record", cache_dir=tmp_path / "p")
+    same = fetal_head_data(root=tmp_path / "a" / ".." / "a" / "record", cache_dir=tmp_path / "p")
     assert first.prepared_dir.parent == tmp_path / "p"
     assert first.prepared_dir.name.startswith("record-")
     assert first.prepared_dir != second.prepared_dir
@@ -243,11 +260,14 @@ def test_a_splits_file_with_unknown_images_is_named(tmp_path):
 
 
 def test_planes_keep_only_those_rows_and_unknown_planes_are_named(tmp_path):
-    dm = ready(fake_datamodule(tmp_path, planes=["tc"]))
+    dm = ready(fake_datamodule(tmp_path, select={"plane": ["tc"]}))
     for split in ("train", "val", "test"):
         assert set(dm.split_rows(split)["plane"]) == {"tc"}
-    with pytest.raises(ValueError, match=r"unknown planes \['xx'\]; the record has \['tc', 'tt'\]"):
-        ready(fake_datamodule(tmp_path, planes=["tc", "xx"]))
+    with pytest.raises(
+        ValueError,
+        match=r"data.select.plane names unknown values \['xx'\]; the data has \['tc', 'tt'\]",
+    ):
+        ready(fake_datamodule(tmp_path, select={"plane": ["tc", "xx"]}))
 
 
 def test_test_rows_carry_what_evaluation_reports(tmp_path):
@@ -290,7 +310,7 @@ def test_the_data_configs_compose(data, tmp_path):
         assert cfg.data.synthetic is None
         return
     dm = hydra.utils.instantiate(cfg.data)
-    assert isinstance(dm, FetalHeadDataModule)
+    assert isinstance(dm, SegmentationDataModule)
     assert dm.root == Path(cfg.paths.data_dir) / "phantom" and dm.is_synthetic
     assert dm.splits_out == tmp_path / "splits.json"
     assert type(dm.train_transform).__name__ == "Compose"
@@ -300,7 +320,7 @@ def test_the_phantom_record_end_to_end(phantom_raw, prepared_dir, tmp_path):
     """The raw phantom through the reader, the cache and the split: the cached masks are the
     phantom's own truth resized, and no patient crosses splits over planes."""
     dm = ready(
-        FetalHeadDataModule(
+        fetal_head_data(
             root=phantom_raw, cache_dir=tmp_path, image_size=(32, 48), n_folds=3, batch_size=4
         )
     )
@@ -327,7 +347,7 @@ def test_a_root_changed_since_it_was_prepared_is_prepared_again(phantom_raw, tmp
     root = tmp_path / "record"
     shutil.copytree(phantom_raw, root, ignore=shutil.ignore_patterns("Trans-cerebellum*"))
     args = dict(root=root, cache_dir=tmp_path / "prepared", image_size=(32, 48), n_folds=3)
-    before = set(read_index(ready(FetalHeadDataModule(**args)).prepared_dir)["plane"])
+    before = set(read_index(ready(fetal_head_data(**args)).prepared_dir)["plane"])
     assert "Trans-cerebellum" not in before
 
     for name in ("Trans-cerebellum", "Trans-cerebellum-PASCAL"):
@@ -335,7 +355,7 @@ def test_a_root_changed_since_it_was_prepared_is_prepared_again(phantom_raw, tmp
     n_added = sum(p.is_file() for p in (root / "Trans-cerebellum").rglob("*"))
     n_added += sum(p.is_file() for p in (root / "Trans-cerebellum-PASCAL").rglob("*"))
     with caplog.at_level("WARNING"):
-        again = ready(FetalHeadDataModule(**args))
+        again = ready(fetal_head_data(**args))
     assert f"root changed since it was prepared: {n_added} files added" in caplog.text
     assert "re-preparing" in caplog.text
     rows = read_index(again.prepared_dir)
@@ -344,7 +364,7 @@ def test_a_root_changed_since_it_was_prepared_is_prepared_again(phantom_raw, tmp
 
     caplog.clear()
     with caplog.at_level("INFO"):
-        ready(FetalHeadDataModule(**args))
+        ready(fetal_head_data(**args))
     assert "preparing" not in caplog.text  # up to date now
 
 
@@ -355,12 +375,12 @@ def prepare_and_train_in_this_process(tmp_path: Path, run: int, barrier) -> None
     logging.getLogger("src.data").addHandler(handler)
     logging.getLogger("src.data").setLevel(logging.INFO)
     root = tmp_path / "phantom"
-    dm = FetalHeadDataModule(
+    dm = fetal_head_data(
         root=root,
         cache_dir=tmp_path / "prepared",
         image_size=(16, 24),
         n_folds=3,
-        synthetic={"root": str(root), "n_subjects": 6, "size": [48, 33], "seed": 0},
+        synthetic={"root": str(root), "generate": phantom_generator(n_subjects=6, size=[48, 33])},
     )
     barrier.wait(timeout=30)  # both start preparing at the same moment
     dm.prepare_data()

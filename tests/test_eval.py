@@ -71,7 +71,9 @@ def test_eval_command_scores_a_lone_checkpoint_at_the_original_size(evaluated, l
         sum(scores["counts"].values()) == summary["num_images"]
         for scores in summary["per_class"].values()
     )
-    assert sum(p["num_images"] for p in summary["per_plane"].values()) == summary["num_images"]
+    per_plane = summary["per_stratum"]
+    assert per_plane["column"] == "plane"
+    assert sum(p["num_images"] for p in per_plane["groups"].values()) == summary["num_images"]
     assert "mm" in summary["biometry"]
     with (evaluated / "per_image.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -15,7 +15,8 @@ import torch
 from scipy import ndimage
 
 from src.biometry import measure_head
-from src.data.cache import read_index, resize_mask
+from src.data.cache import resize_mask
+from src.data.prepared import read_index
 from src.evaluation.checkpoint import PAYLOAD_KEY, load_model
 from src.evaluation.evaluate import choose_postprocess, evaluate, read_original, resolve_postprocess
 from src.evaluation.inference import predict_labels, predict_logits

@@ -15,21 +15,21 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from src.data import fetal_head
-from src.data.classes import PALETTES
-from src.data.fetal_head import (
-    INDEX_COLUMNS,
+from src.data.prepared import INDEX_COLUMNS, SOURCE_FILE
+from src.data.prepared import why_outdated as why_outdated_for
+from src.data.readers import fetal_head
+from src.data.readers.fetal_head import (
+    PALETTES,
     PLANES,
     READER_VERSION,
-    SOURCE_FILE,
     DatasetLayoutError,
+    FetalHeadReader,
     map_colours,
     plane_of_name,
     prepare_dataset,
     read_labelmap,
     read_pixel_sizes,
     subject_of_stem,
-    why_outdated,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,7 +258,7 @@ def test_bad_files_are_listed_in_the_report_and_skipped(small_raw, tmp_path):
     }
     index = read_csv(tmp_path / "out" / "index.csv")
     assert [row["subject"] for row in index] == ["Patient00001"]
-    assert list(index[0]) == list(INDEX_COLUMNS)
+    assert list(index[0]) == [*INDEX_COLUMNS, "plane"]
     assert sorted(p.name for p in (tmp_path / "out" / "masks" / "Trans-thalamic").iterdir()) == [
         "Patient00001_Plane1_1_of_1.png"
     ]
@@ -453,6 +453,10 @@ def test_an_out_that_appears_while_preparing_is_not_swapped_out(small_raw, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
 
 
+def why_outdated(raw_dir: Path, prepared_dir: Path) -> str | None:
+    return why_outdated_for(raw_dir, prepared_dir, FetalHeadReader())
+
+
 def test_the_prepared_copy_records_its_source_and_tells_what_changed(small_raw, tmp_path):
     out = tmp_path / "out"
     assert why_outdated(small_raw, out) == "not prepared yet"
@@ -475,7 +479,7 @@ def test_the_prepared_copy_records_its_source_and_tells_what_changed(small_raw, 
 
     (out / SOURCE_FILE).write_text(json.dumps(source | {"reader_version": 0}))
     assert why_outdated(small_raw, out) == (
-        f"prepared by reader version 0, this is version {READER_VERSION}"
+        f"prepared by reader fetal_head version 0, this is fetal_head {READER_VERSION}"
     )
     (out / SOURCE_FILE).unlink()
     assert "source.json is missing" in why_outdated(small_raw, out)
@@ -485,7 +489,7 @@ def test_an_interrupted_run_leaves_no_out(small_raw, tmp_path, monkeypatch):
     def full_disk(path, array):
         raise OSError("disk full")
 
-    monkeypatch.setattr(fetal_head, "_write_png", full_disk)
+    monkeypatch.setattr(fetal_head, "write_png", full_disk)
     with pytest.raises(OSError, match="disk full"):
         prepare_dataset(small_raw, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

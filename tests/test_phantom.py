@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from src.data.phantom import HeadEllipse, ellipse_mask, render_scan, speckle_envelope
+from src.synthetic.phantom import HeadEllipse, ellipse_mask, render_scan, speckle_envelope
 
 SMALL = (160, 108)  # width, height: the real 959 x 661 aspect, fast to render
 

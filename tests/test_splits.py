@@ -44,7 +44,7 @@ MIXED = [PLANES] * 30 + [("tt",)] * 30 + [("tc", "tv")] * 15
 @pytest.mark.parametrize("fold", range(5))
 def test_no_subject_is_in_two_splits_and_every_image_is_in_one(fold):
     rows = index_rows(MIXED)
-    splits = make_splits(rows, n_folds=5, fold=fold, seed=3)
+    splits = make_splits(rows, n_folds=5, fold=fold, seed=3, stratify_column="plane")
     for first, second in [("train", "val"), ("train", "test"), ("val", "test")]:
         assert not subjects_of(rows, splits[first]) & subjects_of(rows, splits[second])
     assert sorted(splits.train + splits.val + splits.test) == sorted(rows["image"])
@@ -62,7 +62,7 @@ def test_plane_proportions_are_kept_in_every_split(seed):
     overall = plane_shares(rows, rows["image"])
     assert overall.tolist() == pytest.approx([0.3, 0.4, 0.3])
     for fold in range(5):
-        splits = make_splits(rows, n_folds=5, fold=fold, seed=seed)
+        splits = make_splits(rows, n_folds=5, fold=fold, seed=seed, stratify_column="plane")
         for split in SPLIT_NAMES:
             shares = plane_shares(rows, splits[split])
             assert (shares - overall).abs().max() <= 0.05, (fold, split, shares.to_dict())
@@ -70,14 +70,16 @@ def test_plane_proportions_are_kept_in_every_split(seed):
 
 def test_subjects_with_the_same_planes_keep_the_proportions_exactly():
     rows = index_rows([PLANES] * 20)
-    splits = make_splits(rows, n_folds=4, fold=1, seed=0)
+    splits = make_splits(rows, n_folds=4, fold=1, seed=0, stratify_column="plane")
     for split in SPLIT_NAMES:
         assert plane_shares(rows, splits[split]).tolist() == pytest.approx([1 / 3] * 3)
 
 
 def test_val_is_the_next_fold_and_test_folds_cover_every_image_once():
     rows = index_rows(MIXED)
-    folds = [make_splits(rows, n_folds=5, fold=k, seed=7) for k in range(5)]
+    folds = [
+        make_splits(rows, n_folds=5, fold=k, seed=7, stratify_column="plane") for k in range(5)
+    ]
     for k in range(5):
         assert folds[k].val == folds[(k + 1) % 5].test
     tested = [image for split in folds for image in split.test]
@@ -86,12 +88,12 @@ def test_val_is_the_next_fold_and_test_folds_cover_every_image_once():
 
 def test_the_seed_changes_the_split_and_the_same_seed_repeats_it():
     rows = index_rows(MIXED)
-    assert make_splits(rows, n_folds=5, fold=0, seed=1) == make_splits(
-        rows, n_folds=5, fold=0, seed=1
+    assert make_splits(rows, n_folds=5, fold=0, seed=1, stratify_column="plane") == make_splits(
+        rows, n_folds=5, fold=0, seed=1, stratify_column="plane"
     )
     assert (
-        make_splits(rows, n_folds=5, fold=0, seed=1).test
-        != make_splits(rows, n_folds=5, fold=0, seed=2).test
+        make_splits(rows, n_folds=5, fold=0, seed=1, stratify_column="plane").test
+        != make_splits(rows, n_folds=5, fold=0, seed=2, stratify_column="plane").test
     )
 
 
@@ -101,7 +103,7 @@ def test_the_seed_changes_the_split_and_the_same_seed_repeats_it():
         (5, 5, r"fold=5 is out of range for n_folds=5: expected 0\.\.4"),
         (5, -1, r"fold=-1 is out of range"),
         (2, 0, "need at least 3 folds"),
-        (80, 0, "75 subjects cannot fill 80 folds"),
+        (80, 0, "75 subject groups cannot fill 80 folds"),
     ],
 )
 def test_bad_fold_parameters_are_named(n_folds, fold, message):
@@ -111,7 +113,7 @@ def test_bad_fold_parameters_are_named(n_folds, fold, message):
 
 def test_a_written_splits_json_reproduces_the_split(tmp_path):
     rows = index_rows(MIXED)
-    splits = make_splits(rows, n_folds=5, fold=2, seed=11)
+    splits = make_splits(rows, n_folds=5, fold=2, seed=11, stratify_column="plane")
     path = tmp_path / "run" / "splits.json"
     splits.write(path)
     record = json.loads(path.read_text())
@@ -123,10 +125,10 @@ def test_a_written_splits_json_reproduces_the_split(tmp_path):
 def test_writing_keeps_an_identical_file_and_refuses_a_different_one(tmp_path):
     rows = index_rows(MIXED)
     path = tmp_path / "splits.json"
-    make_splits(rows, n_folds=5, fold=0, seed=0).write(path)
-    make_splits(rows, n_folds=5, fold=0, seed=0).write(path)
+    make_splits(rows, n_folds=5, fold=0, seed=0, stratify_column="plane").write(path)
+    make_splits(rows, n_folds=5, fold=0, seed=0, stratify_column="plane").write(path)
     with pytest.raises(FileExistsError, match=f"{path} already holds a different split"):
-        make_splits(rows, n_folds=5, fold=1, seed=0).write(path)
+        make_splits(rows, n_folds=5, fold=1, seed=0, stratify_column="plane").write(path)
 
 
 def write_record(path, **lists) -> None:

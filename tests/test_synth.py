@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data.classes import PALETTES
-from src.data.phantom_record import write_phantom_record
+from src.data.readers.fetal_head import PALETTES
+from src.synthetic.record import write_phantom_record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def test_a_non_empty_out_dir_is_refused(tmp_path):
 
 
 def test_it_logs_how_many_images_it_wrote(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="src.data.phantom_record"):
+    with caplog.at_level(logging.INFO, logger="src.synthetic.record"):
         raw = write_phantom_record(tmp_path / "raw", n_subjects=4, size=(32, 22))
     assert f"wrote a phantom record of {len(heads(raw))} images" in caplog.text
 

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from src.data.cache import resize_image, resize_mask
 from src.data.classes import FETAL_HEAD
-from src.data.phantom import render_scan
+from src.synthetic.phantom import render_scan
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted((ROOT / "conf" / "augmentation").glob("*.yaml"))

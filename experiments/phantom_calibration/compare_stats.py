@@ -1,4 +1,4 @@
-"""Compare B-mode phantoms with the real HC18 scans in data/hc18-sample, side by side.
+"""Compare B-mode phantoms with the real HC18 scans in tests/data/hc18 (8 of them), side by side.
 
 Run from the repository root:
     .venv/bin/python experiments/phantom_calibration/compare_stats.py [--n 24] [--seed 0]
@@ -23,9 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from src.data.classes import FETAL_HEAD  # noqa: E402
-from src.data.phantom import render_scan  # noqa: E402
+from src.synthetic.phantom import render_scan  # noqa: E402
 
-SAMPLE = ROOT / "data" / "hc18-sample"
+SAMPLE = ROOT / "tests" / "data" / "hc18"
+# The 8 scans this calibration was made on (picked to span the range of head sizes).
+CALIBRATION_SCANS = (
+    "014_2HC.png", "084_HC.png", "182_HC.png", "224_HC.png",
+    "462_HC.png", "658_HC.png", "742_HC.png", "784_HC.png",
+)  # fmt: skip
 FIGURE = Path(__file__).with_name("phantom_vs_real.png")
 REAL_SIZE = (800, 540)  # width, height of the HC18 images
 WINDOW = 24  # px, side of the windows searched for homogeneous speckle
@@ -42,7 +47,7 @@ class Scan:
 def read_real_scans() -> tuple[list[Scan], list[float]]:
     csv_path = SAMPLE / "training_set_pixel_size_and_HC.csv"
     with csv_path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = [row for row in csv.DictReader(f) if row["filename"] in CALIBRATION_SCANS]
     if not rows or "pixel size(mm)" not in rows[0]:
         raise ValueError(f"{csv_path}: expected a 'filename,pixel size(mm),...' header")
     scans, pixel_sizes = [], []

@@ -1,11 +1,11 @@
 """Decoded-image cache: every image and mask of a prepared dir, resized once, as uint8 .npy.
 
 Decoding a 959x661 PNG and resizing it costs far more than a training step's data needs, so
-it is done once per (prepared dir, index.csv content, resolution) and epochs read memory-mapped
-arrays. A prepared dir is never rewritten in place (``prepare_dataset`` refuses to), so the
-index.csv content identifies its images; the cache lives inside it, so moving the prepared dir
-keeps its caches valid. Builds are locked (``locked``), so concurrent runs build once and the
-others wait for and reuse the result.
+it is done once per (prepared dir, index.csv content, resolution) and epochs read memory-
+mapped arrays. A prepared dir is never rewritten in place (``prepared.write_prepared`` swaps
+whole folders), so the index.csv content identifies its images; the cache lives inside it,
+so moving the prepared dir keeps its caches valid. Builds are locked (``locked``), so
+concurrent runs build once and the others wait for and reuse the result.
 """
 
 from __future__ import annotations
@@ -14,121 +14,23 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
-from filelock import FileLock, Timeout
+
+from src.data.prepared import build_dir_atomically, locked, read_index
 
 log = logging.getLogger(__name__)
 
 # Bump when the cached arrays would come out differently from the same inputs.
 # 2: masks resized with pixel centres aligned (INTER_NEAREST_EXACT), as the images are.
 CACHE_FORMAT_VERSION = 2
-INDEX_COLUMNS = ("image", "mask", "plane", "subject", "pixel_size_mm", "orig_width", "orig_height")
 IMAGES_FILE = "images.npy"
 MASKS_FILE = "masks.npy"
 IDS_FILE = "ids.json"  # image paths in row order
-
-
-@contextmanager
-def locked(target: Path) -> Iterator[None]:
-    """Hold an inter-process lock on ``target`` (a ``.<name>.lock`` file beside it).
-
-    Parallel sweeps and nodes sharing a file system build the same folders; under the lock
-    the first one builds and the others wait, then find the result and reuse it.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(target.parent / f".{target.name}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("waiting for another process building %s", target)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def build_dir_atomically(target: Path, build: Callable[[Path], object]) -> Path:
-    """Run ``build(staging)`` on a fresh path beside ``target``, then rename it into place.
-
-    An interrupted build leaves no half-written ``target``; if another process finished the
-    same target first, its result is kept and ours is discarded.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging_root = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        staging = staging_root / target.name
-        build(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not target.exists():
-                raise
-            log.info("%s was built concurrently by another process; keeping that one", target)
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
-    return target
-
-
-def check_replaceable(out_dir: Path, overwrite: bool, markers: Sequence[str], kind: str) -> None:
-    """An output folder may be written if it is missing or empty (nothing to lose), or replaced
-    with ``overwrite`` if it holds every one of ``markers`` (an earlier output of the same
-    ``kind``): never a file or a folder of anything else."""
-    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
-        return
-    if not overwrite:
-        raise FileExistsError(f"out_dir {out_dir} exists; pass overwrite=true to replace it")
-    if not all((out_dir / marker).is_file() for marker in markers):
-        raise FileExistsError(
-            f"out_dir {out_dir} holds no {kind} ({' and '.join(markers)} missing), so it is not "
-            f"an earlier {kind}: overwrite=true replaces only those; choose another out_dir"
-        )
-
-
-def replace_dir(
-    out_dir: Path, staging: Path, overwrite: bool, markers: Sequence[str], kind: str
-) -> None:
-    """Swap the finished ``staging`` folder in; an old ``out_dir`` is deleted only after the
-    swap. Checked again here: ``out_dir`` may have appeared meanwhile (another process writing
-    the same output), and is then not swapped out from under it unless ``overwrite`` says so."""
-    check_replaceable(out_dir, overwrite, markers, kind)
-    retired = staging.with_name(staging.name + ".old")
-    if out_dir.exists():
-        out_dir.rename(retired)
-    staging.rename(out_dir)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def read_index(prepared_dir: Path) -> pd.DataFrame:
-    """index.csv of a prepared dir, with string ids kept as strings (subject '010' stays '010')."""
-    index_path = prepared_dir / "index.csv"
-    if not index_path.is_file():
-        raise FileNotFoundError(f"{index_path} not found: {prepared_dir} is not a prepared dir")
-    rows = pd.read_csv(
-        index_path,
-        dtype={"image": str, "mask": str, "plane": str, "subject": str},
-        keep_default_na=False,
-        na_values={"pixel_size_mm": [""]},
-    )
-    missing = [c for c in INDEX_COLUMNS if c not in rows.columns]
-    if missing:
-        raise ValueError(f"{index_path} lacks columns {missing}; expected {list(INDEX_COLUMNS)}")
-    if rows.empty:
-        raise ValueError(f"{index_path} lists no images")
-    duplicated = rows["image"][rows["image"].duplicated()].tolist()
-    if duplicated:
-        raise ValueError(f"{index_path} lists these images more than once: {duplicated[:5]}")
-    return rows
 
 
 def cache_dir_for(prepared_dir: Path, image_size: tuple[int, int]) -> Path:

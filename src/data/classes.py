@@ -1,11 +1,14 @@
-"""The one registry of segmentation classes: label ids, names, display colours, raw palettes.
+"""The one registry of segmentation class sets: label ids, names, display colours.
 
-Everything else (reader, phantom, metrics, overlays, reports) asks this module, so a
-dataset with other classes needs a new ``ClassSet`` here and nothing else.
+A dataset's reader writes labels of one class set; metrics, summaries, reports and overlays
+take names and colours from it (``class_set_for`` finds it by the class names a checkpoint
+records). A new dataset adds its ``ClassSet`` to ``CLASS_SETS``. How a raw layout encodes
+the classes (mask colours, RLE) is its reader's business, not this module's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 RGB = tuple[int, int, int]
@@ -17,8 +20,8 @@ class ClassSet:
 
     names: tuple[str, ...]
     display_colours: tuple[RGB, ...]
-    # Label ids whose union is the whole head (used by biometry).
-    head_labels: tuple[int, ...]
+    # Label ids whose union is the whole head (biometry); empty: no head to measure.
+    head_labels: tuple[int, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -42,10 +45,16 @@ FETAL_HEAD = ClassSet(
     head_labels=(1, 2, 3),
 )
 
-# Colours of the raw record's masks -> label id. CSP is green in the three Trans-* planes
-# but yellow in the diverse folder; the Pascal VOC export uses the VOC palette.
-PALETTES: dict[str, dict[RGB, int]] = {
-    "trans": {(0, 0, 0): 0, (255, 0, 0): 1, (0, 255, 0): 2, (0, 0, 255): 3},
-    "diverse": {(0, 0, 0): 0, (255, 0, 0): 1, (255, 255, 0): 2, (0, 0, 255): 3},
-    "voc": {(0, 0, 0): 0, (128, 0, 0): 1, (0, 128, 0): 2, (128, 128, 0): 3},
-}
+HC18_HEAD = ClassSet(
+    names=("background", "head"),
+    display_colours=((0, 0, 0), (230, 60, 60)),
+    head_labels=(1,),
+)
+
+CLASS_SETS: dict[str, ClassSet] = {"fetal_head": FETAL_HEAD, "hc18": HC18_HEAD}
+
+
+def class_set_for(names: Sequence[str]) -> ClassSet | None:
+    """The registered class set with these names (in any case), or None."""
+    wanted = tuple(name.casefold() for name in names)
+    return next((known for known in CLASS_SETS.values() if known.names == wanted), None)

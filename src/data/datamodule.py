@@ -1,8 +1,10 @@
-"""LightningDataModule for the fetal head record: raw record -> prepared dir -> array cache.
+"""One LightningDataModule for every dataset: raw data -> prepared dir -> array cache.
 
-Thin on purpose: reading the raw layout is ``fetal_head.prepare_dataset``'s job, decoding and
-resizing ``cache``'s, splitting ``splits``'s; this module only decides where things live and
-wires them to DataLoaders.
+Thin on purpose: reading a raw layout is the dataset's reader's job (``src.data.readers``,
+chosen in conf/data), decoding and resizing ``cache``'s, splitting ``splits``'s; this module
+only decides where things live and wires them to DataLoaders. It knows no dataset: the
+class set comes from the reader, the split columns and row selection from the config, and a
+synthetic source (the phantom) is a generator the config hands in.
 """
 
 from __future__ import annotations
@@ -23,23 +25,14 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.cache import (
-    build_cache,
-    build_dir_atomically,
-    cache_dir_for,
-    locked,
-    open_cache,
-    read_index,
-)
-from src.data.classes import FETAL_HEAD
-from src.data.fetal_head import prepare_dataset, why_outdated
-from src.data.phantom_record import write_phantom_record
+from src.data.cache import build_cache, cache_dir_for, open_cache
+from src.data.prepared import Reader, build_dir_atomically, locked, read_index, why_outdated
 from src.data.splits import SPLIT_NAMES, Splits, make_splits, read_splits
 
 log = logging.getLogger(__name__)
 
 Transform = Callable[..., dict]
-SYNTHETIC_KEYS = ("root", "n_subjects", "size", "seed")
+SYNTHETIC_KEYS = ("root", "generate")
 
 
 def to_sample(image: np.ndarray, mask: np.ndarray, image_id: str) -> dict:
@@ -104,22 +97,26 @@ class CachedSegmentationDataset(Dataset):
         return to_sample(image, mask, self.ids[i])
 
 
-class FetalHeadDataModule(pl.LightningDataModule):
-    """Fetal head segmentation data: batches of ``image`` (B, 1, H, W) float32 in [0, 1],
-    ``mask`` (B, H, W) int64 labels, ``id`` (list of index.csv image paths).
+class SegmentationDataModule(pl.LightningDataModule):
+    """Segmentation data: batches of ``image`` (B, 1, H, W) float32 in [0, 1], ``mask``
+    (B, H, W) int64 labels of the reader's class set, ``id`` (list of index.csv image paths).
 
-    ``root`` is the record as downloaded. Its prepared copy lives in
+    ``root`` is the data as downloaded and ``reader`` turns it into a prepared copy in
     ``<cache_dir>/<root name>-<hash of the resolved root>``, made once and made again when the
-    root's listing or the reader changed since. ``synthetic`` names the one location
-    (``synthetic.root``) where a missing record is generated as a phantom; any other missing
-    ``root`` is an error, never a silent switch to fake data. Generating, preparing and caching
-    are locked, so concurrent runs (sweeps, nodes sharing a file system) do each once.
+    root's listing or the reader changed since. Splits group rows by ``group_column`` and
+    stratify by ``stratify_column`` (None: no strata); ``select`` keeps the rows whose
+    ``column`` is one of the given values (a None list keeps all). ``synthetic`` (``root``,
+    ``generate``) names the one location where missing data is generated (``generate(out)``,
+    the phantom); any other missing ``root`` is an error, never a silent switch to fake data.
+    Generating, preparing and caching are locked, so concurrent runs (sweeps, nodes sharing a
+    file system) do each once.
     """
 
     def __init__(
         self,
         root: str | Path,
         cache_dir: str | Path,
+        reader: Reader,
         image_size: Sequence[int] = (256, 384),
         batch_size: int = 8,
         num_workers: int = 0,
@@ -130,19 +127,24 @@ class FetalHeadDataModule(pl.LightningDataModule):
         splits_file: str | Path | None = None,
         splits_out: str | Path | None = None,
         train_transform: Transform | None = None,
-        planes: Sequence[str] | None = None,
+        group_column: str = "subject",
+        stratify_column: str | None = None,
+        select: Mapping[str, Sequence[str] | None] | None = None,
         synthetic: Mapping | None = None,
         in_channels: int = 1,
-        num_classes: int = FETAL_HEAD.num_classes,
+        num_classes: int | None = None,
     ):
         super().__init__()
+        self.reader = reader
+        self.class_set = reader.class_set
         # Written once in the data config and interpolated by the model config; checked here
         # so a wrong override fails before a network of the wrong shape is built.
-        if in_channels != 1 or num_classes != FETAL_HEAD.num_classes:
+        expected = self.class_set.num_classes
+        if in_channels != 1 or num_classes not in (None, expected):
             raise ValueError(
-                f"data.in_channels={in_channels}, data.num_classes={num_classes}: the fetal head "
-                f"data has 1 input channel (grayscale) and {FETAL_HEAD.num_classes} classes "
-                f"{FETAL_HEAD.names}"
+                f"data.in_channels={in_channels}, data.num_classes={num_classes}: the "
+                f"{reader.name} data has 1 input channel (grayscale) and {expected} classes "
+                f"{self.class_set.names}"
             )
         if len(image_size) != 2:
             raise ValueError(f"data.image_size must be [height, width], got {list(image_size)}")
@@ -158,19 +160,28 @@ class FetalHeadDataModule(pl.LightningDataModule):
         self.splits_file = Path(splits_file) if splits_file else None
         self.splits_out = Path(splits_out) if splits_out else None
         self.train_transform = train_transform
-        self.planes = list(planes) if planes is not None else None
+        self.group_column = group_column
+        self.stratify_column = stratify_column
+        self.select = {
+            column: list(values) for column, values in (select or {}).items() if values is not None
+        }
         self.synthetic = dict(synthetic) if synthetic is not None else None
         if self.synthetic is not None and set(self.synthetic) != set(SYNTHETIC_KEYS):
             raise ValueError(
-                f"data.synthetic must have the keys {', '.join(SYNTHETIC_KEYS)}; "
-                f"got {self.synthetic}"
+                f"data.synthetic must have the keys {', '.join(SYNTHETIC_KEYS)} (where, and the "
+                f"generator that writes a raw record there); got {sorted(self.synthetic)}"
             )
         self.splits: Splits | None = None
         self._rows: pd.DataFrame | None = None
         self._datasets: dict[str, CachedSegmentationDataset] = {}
 
-    num_classes = FETAL_HEAD.num_classes
-    class_names = FETAL_HEAD.names
+    @property
+    def num_classes(self) -> int:
+        return self.class_set.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.class_set.names
 
     @property
     def prepared_dir(self) -> Path:
@@ -180,59 +191,52 @@ class FetalHeadDataModule(pl.LightningDataModule):
 
     @property
     def is_synthetic(self) -> bool:
-        """Whether ``root`` is the phantom's own location (the only place one is generated)."""
+        """Whether ``root`` is the synthetic source's location (the only place data is made)."""
         synthetic_root = self.synthetic and Path(self.synthetic["root"]).resolve()
         return bool(synthetic_root) and self.root.resolve() == synthetic_root
 
     def prepare_data(self) -> None:
         if not self.root.exists():
-            self._generate_phantom()
+            self._generate_synthetic()
         with locked(self.prepared_dir):
-            outdated = why_outdated(self.root, self.prepared_dir)
+            outdated = why_outdated(self.root, self.prepared_dir, self.reader)
             if outdated is not None:
                 exists = self.prepared_dir.exists()
                 if exists:
                     log.warning("%s: %s; re-preparing %s", self.root, outdated, self.prepared_dir)
                 else:
                     log.info("preparing %s into %s", self.root, self.prepared_dir)
-                prepare_dataset(self.root, self.prepared_dir, overwrite=exists)
+                self.reader.prepare(self.root, self.prepared_dir, overwrite=exists)
         build_cache(self.prepared_dir, self.image_size, num_classes=self.num_classes)
 
-    def _generate_phantom(self) -> None:
+    def _generate_synthetic(self) -> None:
         if not self.is_synthetic:
             allowed = (
-                f"; a phantom is generated only at data.synthetic.root={self.synthetic['root']}"
+                f"; synthetic data is generated only at data.synthetic.root="
+                f"{self.synthetic['root']}"
                 if self.synthetic
                 else ", or use data=phantom for synthetic data"
             )
             raise FileNotFoundError(
                 f"data root {self.root} does not exist; point data.root at the downloaded "
-                f"record (zips or extracted folders){allowed}"
+                f"{self.reader.name} data{allowed}"
             )
         with locked(self.root):
             if self.root.exists():  # generated by another process while this one waited
                 return
             log.warning(
-                "data root %s does not exist: generating a SYNTHETIC phantom record there (%s). "
+                "data root %s does not exist: generating SYNTHETIC data there (%s). "
                 "Results on it say nothing about real scans.",
                 self.root,
-                self.synthetic,
+                self.synthetic["generate"],
             )
-            build_dir_atomically(
-                self.root,
-                lambda out: write_phantom_record(
-                    out,
-                    n_subjects=int(self.synthetic["n_subjects"]),
-                    size=tuple(int(v) for v in self.synthetic["size"]),
-                    seed=int(self.synthetic["seed"]),
-                ),
-            )
+            build_dir_atomically(self.root, self.synthetic["generate"])
 
     def setup(self, stage: str | None = None) -> None:
         if self._datasets:  # fit then test call setup twice; the split must not change
             return
         if self.is_synthetic:
-            log.warning("data: SYNTHETIC phantom record at %s", self.root)
+            log.warning("data: SYNTHETIC data at %s", self.root)
         rows = self._selected_rows()
         if self.splits_file is not None:
             self.splits = read_splits(self.splits_file, set(rows["image"]))
@@ -244,7 +248,14 @@ class FetalHeadDataModule(pl.LightningDataModule):
                 self.splits.seed,
             )
         else:
-            self.splits = make_splits(rows, n_folds=self.n_folds, fold=self.fold, seed=self.seed)
+            self.splits = make_splits(
+                rows,
+                n_folds=self.n_folds,
+                fold=self.fold,
+                seed=self.seed,
+                group_column=self.group_column,
+                stratify_column=self.stratify_column,
+            )
         unused = len(rows) - sum(len(self.splits[s]) for s in SPLIT_NAMES)
         if unused:
             log.warning("%d images of %s are in no split", unused, self.prepared_dir)
@@ -268,13 +279,20 @@ class FetalHeadDataModule(pl.LightningDataModule):
 
     def _selected_rows(self) -> pd.DataFrame:
         rows = read_index(self.prepared_dir)
-        if self.planes is None:
-            return rows
-        known = sorted(rows["plane"].unique())
-        unknown = sorted(set(self.planes) - set(known))
-        if unknown:
-            raise ValueError(f"data.planes names unknown planes {unknown}; the record has {known}")
-        return rows[rows["plane"].isin(self.planes)].reset_index(drop=True)
+        for column, values in self.select.items():
+            if column not in rows.columns:
+                raise ValueError(
+                    f"data.select.{column}: {self.prepared_dir}/index.csv has no column "
+                    f"{column!r} (it has {list(rows.columns)})"
+                )
+            known = sorted(rows[column].astype(str).unique())
+            unknown = sorted(set(map(str, values)) - set(known))
+            if unknown:
+                raise ValueError(
+                    f"data.select.{column} names unknown values {unknown}; the data has {known}"
+                )
+            rows = rows[rows[column].astype(str).isin(list(map(str, values)))]
+        return rows.reset_index(drop=True)
 
     @rank_zero_only
     def _write_splits(self) -> None:
@@ -282,7 +300,8 @@ class FetalHeadDataModule(pl.LightningDataModule):
         log.info("split written to %s", self.splits_out)
 
     def split_rows(self, split: str) -> pd.DataFrame:
-        """index.csv rows of one split (image, mask, plane, subject, pixel size, original size)."""
+        """index.csv rows of one split (image, mask, subject, pixel size, original size and the
+        reader's own columns)."""
         if self._rows is None:
             raise RuntimeError("call setup() before asking for split rows")
         return self._rows.loc[list(self.splits[split])].reset_index(drop=True)

@@ -1,10 +1,12 @@
-"""Grouped, plane-stratified train/val/test splits and their ``splits.json``.
+"""Grouped, stratified train/val/test splits and their ``splits.json``.
 
-The same patient appears in several planes, so folds are made over all rows at once with
-subjects as groups (no subject in two splits) and planes as strata (each split keeps the
-plane mix). With ``n_folds`` folds, the test split is fold ``fold``, the validation split is
-fold ``(fold + 1) % n_folds`` and the training split is every other fold; cycling ``fold``
-over ``0..n_folds-1`` therefore tests every image exactly once.
+A subject appears in several images (planes, frames), so folds are made over all rows at
+once with a group column (the subject: no subject in two splits) and, optionally, a stratum
+column (the fetal head record's plane, HC18's head-circumference tertile: each split keeps
+the mix); the dataset's config names both. With ``n_folds`` folds, the test split is fold
+``fold``, the validation split is fold ``(fold + 1) % n_folds`` and the training split is
+every other fold; cycling ``fold`` over ``0..n_folds-1`` therefore tests every image exactly
+once.
 """
 
 from __future__ import annotations
@@ -54,21 +56,34 @@ class Splits:
         path.write_text(text)
 
 
-def make_splits(rows: pd.DataFrame, *, n_folds: int, fold: int, seed: int) -> Splits:
-    """Split ``rows`` (columns image, plane, subject) with scikit-learn's StratifiedGroupKFold."""
+def make_splits(
+    rows: pd.DataFrame,
+    *,
+    n_folds: int,
+    fold: int,
+    seed: int,
+    group_column: str = "subject",
+    stratify_column: str | None = None,
+) -> Splits:
+    """Split ``rows`` (columns image, ``group_column`` and ``stratify_column``) with
+    scikit-learn's StratifiedGroupKFold (one stratum for all rows when there is no column)."""
     if n_folds < 3:
         raise ValueError(f"n_folds={n_folds}: need at least 3 folds (test, val and train)")
     if not 0 <= fold < n_folds:
         raise ValueError(
             f"fold={fold} is out of range for n_folds={n_folds}: expected 0..{n_folds - 1}"
         )
-    n_subjects = rows["subject"].nunique()
-    if n_subjects < n_folds:
-        raise ValueError(f"{n_subjects} subjects cannot fill {n_folds} folds")
+    for column in (group_column, stratify_column):
+        if column is not None and column not in rows.columns:
+            raise ValueError(f"split column {column!r} is not in the index ({list(rows.columns)})")
+    n_groups = rows[group_column].nunique()
+    if n_groups < n_folds:
+        raise ValueError(f"{n_groups} {group_column} groups cannot fill {n_folds} folds")
+    strata = rows[stratify_column] if stratify_column else np.zeros(len(rows))
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold_of_row = np.empty(len(rows), dtype=int)
     for k, (_, in_fold) in enumerate(
-        folds.split(np.zeros(len(rows)), rows["plane"], groups=rows["subject"])
+        folds.split(np.zeros(len(rows)), strata, groups=rows[group_column])
     ):
         fold_of_row[in_fold] = k
     images = rows["image"].to_numpy()

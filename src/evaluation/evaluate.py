@@ -1,6 +1,7 @@
-"""Score a network on prepared images at their original size: Dice, IoU, surface distances
-and biometry per image, post-processing chosen on validation data, aggregates per class and
-per plane. Pure of Lightning and Hydra: entry points pass the network and the index rows.
+"""Score a network on prepared images at their original size: Dice, IoU, surface distances and
+biometry per image, post-processing chosen on validation data, aggregates per class and per
+stratum (the data's stratification column: plane, head-size tertile). Pure of Lightning and
+Hydra: entry points pass the network and the index rows.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from src.biometry import difference_stats, measure_biometry
-from src.data.classes import FETAL_HEAD, ClassSet
+from src.biometry import ELLIPSE_FIELDS, difference_stats, measure_class_set
+from src.data.classes import ClassSet, class_set_for
 from src.evaluation.inference import predict_labels
 from src.evaluation.postprocess import check_rules, postprocess
 from src.evaluation.surface import CASES, class_surface_distances
@@ -35,7 +36,8 @@ AUTO_CANDIDATES = (
 )
 DISTANCES = ("hd95_px", "assd_px", "hd95_mm", "assd_mm")
 BIOMETRY_QUANTITIES = ("hc", "bpd", "ofd", "csp_width", "lv_width")
-INDEX_INFO = ("plane", "subject", "pixel_size_mm", "orig_width", "orig_height")
+# index.csv's head circumference of HC18 (the sonographer's value, mm), where there is one.
+REFERENCE_HC = "hc_mm"
 
 
 def read_original(prepared_dir: Path, row: Mapping) -> tuple[np.ndarray, np.ndarray]:
@@ -149,17 +151,12 @@ def resolve_postprocess(
     )
 
 
-def class_set_for(class_names: Sequence[str]) -> ClassSet | None:
-    """The registered class set with these names (its head labels drive the biometry)."""
-    return FETAL_HEAD if tuple(class_names) == FETAL_HEAD.names else None
-
-
 def score_image(
     row: Mapping, truth: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
 ) -> dict:
     """One per-image row: index info, per-class Dice, IoU, case and distances, biometry."""
     pixel_size = pixel_size_of(row)
-    out: dict = {"id": row["image"], **{key: row.get(key) for key in INDEX_INFO}}
+    out: dict = {"id": row["image"], **{k: v for k, v in row.items() if k not in ("image", "mask")}}
     out["pixel_size_mm"] = pixel_size
     dice, iou = per_image_scores(
         torch.from_numpy(labels[None].astype(np.int64)),
@@ -182,28 +179,32 @@ def score_image(
             f"assd_mm_{name}": assd * mm,
         }
     class_set = class_set_for(class_names)
-    if class_set is not None:
-        out |= biometry_columns(truth, labels, pixel_size, class_set)
+    if class_set is not None and class_set.head_labels:
+        reference = row.get(REFERENCE_HC)
+        reference = None if reference is None or pd.isna(reference) else float(reference)
+        out |= biometry_columns(truth, labels, pixel_size, class_set, reference)
     return out
 
 
 def biometry_columns(
-    truth: np.ndarray, labels: np.ndarray, pixel_size: float | None, class_set: ClassSet
+    truth: np.ndarray,
+    labels: np.ndarray,
+    pixel_size: float | None,
+    class_set: ClassSet,
+    reference_hc: float | None = None,
 ) -> dict:
     """``<quantity>_true``, ``_pred``, ``_diff`` (pred - true; NaN unless both measured), the
-    units, and the fit-quality ``check`` flags of truth and prediction."""
-    names = [name.casefold() for name in class_set.names]
+    units, the fit-quality ``check`` flags of truth and prediction, the predicted ellipse
+    (``ellipse_*``) and, given a ``reference_hc`` in mm, ``hc_reference`` and
+    ``hc_reference_diff`` (pred - reference)."""
     measured = {
-        which: measure_biometry(
-            mask,
-            pixel_size,
-            head_labels=class_set.head_labels,
-            csp_label=names.index("csp") if "csp" in names else None,
-            lv_label=names.index("lv") if "lv" in names else None,
-        )
+        which: measure_class_set(mask, class_set, pixel_size)
         for which, mask in (("true", truth), ("pred", labels))
     }
     out: dict = {"biometry_units": "px" if pixel_size is None else "mm"}
+    # Against the value the sonographer wrote down (HC18's CSV), not the mask's own ellipse.
+    reference = reference_hc if pixel_size is not None else None
+    out["hc_reference"] = math.nan if reference is None else float(reference)
     for which, biometry in measured.items():
         head = biometry.head if biometry else None
         values = {
@@ -216,11 +217,17 @@ def biometry_columns(
         for quantity, value in values.items():
             out[f"{quantity}_{which}"] = math.nan if value is None else float(value)
         out[f"check_{which}"] = None if head is None else bool(head.check)
+        if which == "pred":
+            out |= {
+                f"ellipse_{k}": math.nan if head is None else getattr(head, k)
+                for k in ELLIPSE_FIELDS
+            }
         out[f"unsupported_fraction_{which}"] = (
             math.nan if head is None else head.unsupported_fraction
         )
     for quantity in BIOMETRY_QUANTITIES:
         out[f"{quantity}_diff"] = out[f"{quantity}_pred"] - out[f"{quantity}_true"]
+    out["hc_reference_diff"] = out["hc_pred"] - out["hc_reference"]
     return out
 
 
@@ -270,18 +277,31 @@ def biometry_summary(rows: Sequence[dict]) -> dict:
             if len(both):
                 stats = difference_stats(both.iloc[:, 0], both.iloc[:, 1])
                 record["differences"][quantity] = asdict(stats)
+        with_reference = group[group["hc_reference"].notna()] if "hc_reference" in group else []
+        if len(with_reference):
+            # HC18's measure: |predicted HC - the sonographer's HC| (mm); an image whose
+            # prediction has no head has no HC and is counted, not averaged.
+            both = with_reference[["hc_reference", "hc_pred"]].dropna()
+            record["hc_vs_reference"] = {
+                "images": len(with_reference),
+                "prediction_missing": len(with_reference) - len(both),
+                **(asdict(difference_stats(both.iloc[:, 0], both.iloc[:, 1])) if len(both) else {}),
+            }
         out[str(units)] = record
     return out
 
 
-def summarize_rows(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
-    """Aggregates over all rows and per plane: metrics, counts, biometry."""
+def summarize_rows(
+    rows: Sequence[dict], class_names: Sequence[str], strata_column: str | None = None
+) -> dict:
+    """Aggregates over all rows and per value of ``strata_column`` (the data's stratification
+    column, e.g. plane): metrics, counts, biometry."""
     overall = aggregate(rows, class_names)
-    per_plane = {}
-    for plane in dict.fromkeys(row.get("plane") for row in rows):
-        subset = [row for row in rows if row.get("plane") == plane]
+    groups = {}
+    for stratum in dict.fromkeys(row.get(strata_column) for row in rows) if strata_column else ():
+        subset = [row for row in rows if row.get(strata_column) == stratum]
         part = aggregate(subset, class_names)
-        per_plane[str(plane)] = {
+        groups[str(stratum)] = {
             "num_images": len(subset),
             "mean": {k: v for k, v in part["metrics"].items() if k.endswith("_mean")},
             "per_class": per_class_record(part, class_names),
@@ -290,7 +310,7 @@ def summarize_rows(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
     return {
         **overall,
         "per_class": per_class_record(overall, class_names),
-        "per_plane": per_plane,
+        "per_stratum": {"column": strata_column, "groups": groups},
         "biometry": biometry_summary(rows),
     }
 
@@ -316,6 +336,7 @@ def evaluate(
     tta_flip: bool = False,
     postprocess_setting: str | Mapping = "auto",
     validation_rows: pd.DataFrame | None = None,
+    strata_column: str | None = None,
 ) -> dict:
     """Predict ``rows`` at their original size, post-process, score. Returns ``rows`` (one
     dict per image, in the given order), the aggregates of ``summarize_rows``,
@@ -332,7 +353,7 @@ def evaluate(
         scored.append(score_image(row, truth, labels, class_names))
     return {
         "rows": scored,
-        **summarize_rows(scored, class_names),
+        **summarize_rows(scored, class_names, strata_column),
         "postprocess": decision,
         "settings": {
             "resolution": "original (index.csv orig_width x orig_height)",

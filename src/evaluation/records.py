@@ -1,16 +1,21 @@
 """From an ``evaluate`` result to the records beside the checkpoint: summary.json (the
-existing format extended), per_image.csv, the Bland-Altman plot and the printed table."""
+existing format extended), per_image.csv, the Bland-Altman plot, the head ellipses in
+HC18's submission format and the printed table."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from src.biometry import ELLIPSE_FIELDS
+from src.data.readers.hc18 import SUBMISSION_CSV, write_submission
 from src.evaluation.surface import SURFACE_DISTANCE_RULE
 from src.metrics import EMPTY_MASK_RULE
 from src.summary import (
     build_summary,
+    keep_existing,
     print_summary_table,
     write_bland_altman_plots,
     write_per_image_csv,
@@ -30,7 +35,7 @@ def evaluation_summary(
     training_resolution: dict | None = None,
 ) -> dict:
     """summary.json's content: the original-size scores in the existing keys, plus surface
-    distances, case counts, per plane, biometry, post-processing and settings."""
+    distances, case counts, per stratum, biometry, post-processing and settings."""
     return build_summary(
         checkpoint=checkpoint,
         metrics=result["metrics"],
@@ -44,7 +49,7 @@ def evaluation_summary(
             "surface_distance_rule": SURFACE_DISTANCE_RULE,
             "settings": result["settings"],
             "postprocess": result["postprocess"],
-            "per_plane": result["per_plane"],
+            "per_stratum": result["per_stratum"],
             "biometry": result["biometry"],
             # Scores of the trainer's test pass on masks at the training size, for comparison.
             "training_resolution": training_resolution,
@@ -59,6 +64,22 @@ def write_evaluation(summary: dict, rows: Sequence[dict], directory: Path) -> Pa
     path = write_summary(summary, directory)
     csv_path = write_per_image_csv(rows, directory)
     plots = write_bland_altman_plots(rows, directory)
+    submission = write_ellipses_in_mm(rows, directory)
     print_summary_table(summary)
-    log.info("Evaluation: %s, %s%s", path, csv_path.name, "".join(f", {p.name}" for p in plots))
+    written = [*plots, *([submission] if submission else [])]
+    log.info("Evaluation: %s, %s%s", path, csv_path.name, "".join(f", {p.name}" for p in written))
     return path
+
+
+def write_ellipses_in_mm(rows: Sequence[dict], directory: Path) -> Path | None:
+    """The predicted head ellipses in HC18's submission format, when every image was measured
+    in mm (an existing file is kept, the new one timestamped); None otherwise."""
+    if not rows or any(row.get("biometry_units") != "mm" for row in rows):
+        return None
+    ellipses = {
+        Path(row["id"]).name: None
+        if math.isnan(row["ellipse_center_x"])
+        else {key: row[f"ellipse_{key}"] for key in ELLIPSE_FIELDS}
+        for row in rows
+    }
+    return write_submission(keep_existing(directory / SUBMISSION_CSV), ellipses)

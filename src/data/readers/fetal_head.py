@@ -1,4 +1,5 @@
-"""Reader of the Zenodo 8265464 fetal head record ("raw layout") into a prepared dir.
+"""Reader of the Zenodo 8265464 fetal head record ("raw layout") into a prepared dir
+(``src.data.prepared``'s format, with the extra index column ``plane``).
 
 This is the one module that knows the raw layout: plane zips (nested zips included) or their
 extracted folders, RGB ``SegmentationClass`` masks with per-folder palettes, Pascal VOC
@@ -7,7 +8,7 @@ reads only the prepared dir::
 
     OUT/images/<plane>/<stem>.png   8-bit grayscale
     OUT/masks/<plane>/<stem>.png    uint8 labels (src.data.classes.FETAL_HEAD)
-    OUT/index.csv                   image,mask,plane,subject,pixel_size_mm,orig_width,orig_height
+    OUT/index.csv                   image,mask,subject,pixel_size_mm,orig_width,orig_height,plane
     OUT/prepare_report.json         counts, skipped and ignored files, unmapped pixels, resizes
     OUT/source.json                 reader version and RAW's file listing when it was read
 """
@@ -18,11 +19,8 @@ import csv
 import difflib
 import functools
 import io
-import json
 import logging
 import re
-import shutil
-import tempfile
 import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -34,18 +32,25 @@ from typing import Any
 import cv2
 import numpy as np
 
-from src.data.cache import INDEX_COLUMNS, check_replaceable, replace_dir, resize_mask
-from src.data.classes import FETAL_HEAD, PALETTES, RGB
+from src.data.cache import resize_mask
+from src.data.classes import FETAL_HEAD, RGB
+from src.data.prepared import write_png, write_prepared
+from src.data.readers.hc18 import hc18_subject
 
 log = logging.getLogger(__name__)
 
 # Bump when the same raw record would be prepared differently (subjects, labels, files):
 # prepared copies of another version are then prepared again.
-READER_VERSION = 1
-SOURCE_FILE = "source.json"
-# Files by which an existing folder is recognised as a prepared copy (and may be replaced).
-PREPARED_MARKERS = ("index.csv", "prepare_report.json")
-PREPARED_KIND = "prepared copy"
+# 2: index.csv in the shared prepared format (plane after the common columns).
+READER_VERSION = 2
+
+# Colours of the raw record's masks -> label id. CSP is green in the three Trans-* planes
+# but yellow in the diverse folder; the Pascal VOC export uses the VOC palette.
+PALETTES: dict[str, dict[RGB, int]] = {
+    "trans": {(0, 0, 0): 0, (255, 0, 0): 1, (0, 255, 0): 2, (0, 0, 255): 3},
+    "diverse": {(0, 0, 0): 0, (255, 0, 0): 1, (255, 255, 0): 2, (0, 0, 255): 3},
+    "voc": {(0, 0, 0): 0, (128, 0, 0): 1, (0, 128, 0): 2, (128, 128, 0): 3},
+}
 
 PLANES = ("Trans-thalamic", "Trans-ventricular", "Trans-cerebellum", "Diverse")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -68,7 +73,6 @@ _PLANE_MATCH_CUTOFF = 0.75
 # "orginal-image", "original-size", "Orginal_Size": the original-resolution copies.
 _ORIGINAL_SIZE_COPY = re.compile(r"or[ig]{1,3}n+al[\W_]*(?:images?|size)", re.IGNORECASE)
 _PATIENT_NAME = re.compile(r"patient(\d+)", re.IGNORECASE)
-_HC18_NAME = re.compile(r"(\d+)_\d*HC(?:_|$)", re.IGNORECASE)
 
 IGNORED_ORIGINAL = "original-size copy (not the 959x661 data)"
 IGNORED_OUTSIDE = "outside any plane folder"
@@ -161,9 +165,7 @@ def subject_of_stem(stem: str) -> str | None:
     ``Patient00065`` are one subject and cannot end up on both sides of a split."""
     if match := _PATIENT_NAME.match(stem):
         return f"Patient{int(match.group(1)):05d}"
-    if match := _HC18_NAME.match(stem):
-        return f"{int(match.group(1)):03d}"
-    return None
+    return hc18_subject(stem)
 
 
 def _annotation_format(parts: tuple[str, ...]) -> str | None:
@@ -328,13 +330,6 @@ def _decode(data: bytes, flags: int) -> np.ndarray | None:
     return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:
-        raise OSError(f"could not encode {path} as PNG")
-    path.write_bytes(encoded.tobytes())
-
-
 def _same_aspect(mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> bool:
     (mh, mw), (ih, iw) = mask_hw, image_hw
     return abs(mw / mh - iw / ih) <= ASPECT_TOLERANCE * iw / ih
@@ -398,60 +393,6 @@ def _not_this_dataset(raw_dir: Path, report: _Report) -> DatasetLayoutError:
     )
 
 
-def _check_destination(raw_dir: Path, out_dir: Path, overwrite: bool) -> None:
-    if not raw_dir.is_dir():
-        raise FileNotFoundError(f"raw_dir {raw_dir} is not a folder (expected the record's zips)")
-    raw, out = raw_dir.resolve(), out_dir.resolve()
-    # Either way round, a re-run would read its own output or replace the raw record.
-    if out.is_relative_to(raw) or raw.is_relative_to(out):
-        raise ValueError(f"out_dir {out_dir} and raw_dir {raw_dir} must not contain one another")
-    check_replaceable(out_dir, overwrite, PREPARED_MARKERS, PREPARED_KIND)
-
-
-# ---------------------------------------------------------------------------- source listing
-
-
-def source_record(raw_dir: Path) -> dict[str, Any]:
-    """The reader version and RAW's listing (relative name -> [size, mtime_ns]): a cheap
-    fingerprint that changes when files are added, removed or rewritten, read no content."""
-    raw_dir = Path(raw_dir)
-    files = {}
-    for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
-        stat = path.stat()
-        files[path.relative_to(raw_dir).as_posix()] = [stat.st_size, stat.st_mtime_ns]
-    return {"reader_version": READER_VERSION, "files": files}
-
-
-def write_source_record(raw_dir: Path, out_dir: Path, record: dict[str, Any] | None = None) -> None:
-    """``OUT/source.json``: what OUT was prepared from (``record``, default RAW as it is now)."""
-    record = record or source_record(raw_dir)
-    (Path(out_dir) / SOURCE_FILE).write_text(json.dumps(record, indent=1) + "\n")
-
-
-def why_outdated(raw_dir: Path, prepared_dir: Path) -> str | None:
-    """Why ``prepared_dir`` is not (or no longer) RAW prepared by this reader; None if it is."""
-    if not (Path(prepared_dir) / "index.csv").is_file():
-        return "not prepared yet"
-    source = Path(prepared_dir) / SOURCE_FILE
-    if not source.is_file():
-        return f"{source} is missing (prepared by an older version)"
-    recorded, current = json.loads(source.read_text()), source_record(raw_dir)
-    if recorded.get("reader_version") != READER_VERSION:
-        return (
-            f"prepared by reader version {recorded.get('reader_version')}, "
-            f"this is version {READER_VERSION}"
-        )
-    before, now = recorded.get("files", {}), current["files"]
-    added, removed = len(now.keys() - before.keys()), len(before.keys() - now.keys())
-    changed = sum(now[name] != before[name] for name in now.keys() & before.keys())
-    if added or removed or changed:
-        return (
-            f"root changed since it was prepared: {added} files added, {removed} removed, "
-            f"{changed} changed"
-        )
-    return None
-
-
 def prepare_dataset(
     raw_dir: Path,
     out_dir: Path,
@@ -460,44 +401,52 @@ def prepare_dataset(
     colour_tolerance: float = DEFAULT_COLOUR_TOLERANCE,
 ) -> dict[str, Any]:
     """Read the raw record under ``raw_dir`` into the prepared dir ``out_dir``; return the report.
+    (Atomic, and an existing ``out_dir`` replaced only with ``overwrite``: see write_prepared.)"""
+    return FetalHeadReader(colour_tolerance).prepare(raw_dir, out_dir, overwrite=overwrite)
 
-    Written into a temporary sibling folder and renamed at the end, so an interrupted run
-    leaves no half ``out_dir``; an existing ``out_dir`` is replaced only with ``overwrite``.
-    """
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    _check_destination(raw_dir, out_dir, overwrite)
-    # Listed before reading, so a file changing during the run makes the copy outdated.
-    source = source_record(raw_dir)
-    report = _Report()
-    with ExitStack() as stack:
-        sources = _collect(_walk(raw_dir, stack), report)
-        if not sources.images:
-            raise _not_this_dataset(raw_dir, report)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-        try:
-            rows = _convert(sources, staging, colour_tolerance, report)
+
+class FetalHeadReader:
+    """The fetal head record as a ``src.data.prepared.Reader`` (chosen by conf/data)."""
+
+    name = "fetal_head"
+    version = READER_VERSION
+    class_set = FETAL_HEAD
+    columns = ("plane",)
+
+    def __init__(self, colour_tolerance: float = DEFAULT_COLOUR_TOLERANCE):
+        self.colour_tolerance = colour_tolerance
+
+    def prepare(self, raw_dir: Path, out_dir: Path, *, overwrite: bool = False) -> dict[str, Any]:
+        raw_dir = Path(raw_dir)
+        report = _Report()
+
+        def convert(staging: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            with ExitStack() as stack:
+                sources = _collect(_walk(raw_dir, stack), report)
+                if not sources.images:
+                    raise _not_this_dataset(raw_dir, report)
+                rows = _convert(sources, staging, self.colour_tolerance, report)
             if not rows:
                 raise DatasetLayoutError(
                     f"{raw_dir}: no image could be paired with a readable mask; "
                     f"skipped: {Counter(s['reason'].split(':')[0] for s in report.skipped)}"
                 )
-            summary = _summarise(raw_dir, rows, report)
-            _write_index(staging / "index.csv", rows)
-            (staging / "prepare_report.json").write_text(json.dumps(summary, indent=2) + "\n")
-            write_source_record(raw_dir, staging, source)
-            replace_dir(out_dir, staging, overwrite, PREPARED_MARKERS, PREPARED_KIND)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    log.info(
-        "prepared %d images into %s (%d skipped, %d unmapped pixels, %d masks resized)",
-        len(rows),
-        out_dir,
-        len(report.skipped),
-        sum(report.unmapped_pixels.values()),
-        len(report.resized_masks),
-    )
-    return summary
+            return rows, _summarise(raw_dir, rows, report)
+
+        if not raw_dir.is_dir():
+            raise FileNotFoundError(
+                f"raw_dir {raw_dir} is not a folder (expected the record's zips)"
+            )
+        summary = write_prepared(raw_dir, out_dir, self, convert, overwrite=overwrite)
+        log.info(
+            "prepared %d images into %s (%d skipped, %d unmapped pixels, %d masks resized)",
+            summary["images"],
+            out_dir,
+            len(report.skipped),
+            sum(report.unmapped_pixels.values()),
+            len(report.resized_masks),
+        )
+        return summary
 
 
 def _voc_palette(mask_entry: _Entry, sources: _Sources, report: _Report) -> dict[RGB, int]:
@@ -569,19 +518,12 @@ def _convert(sources: _Sources, staging: Path, tolerance: float, report: _Report
             "mask_source": "voc" if mask_kind == "mask_voc" else "rgb",
             "class_pixels": np.bincount(labels.ravel(), minlength=FETAL_HEAD.num_classes),
         }
-        _write_png(staging / row["image"], image)
-        _write_png(staging / row["mask"], labels)
+        write_png(staging / row["image"], image)
+        write_png(staging / row["mask"], labels)
         rows.append(row)
         if len(rows) % 500 == 0:
             log.info("prepared %d of %d images", len(rows), len(images))
     return rows
-
-
-def _write_index(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _summarise(raw_dir: Path, rows: list[dict[str, Any]], report: _Report) -> dict[str, Any]:

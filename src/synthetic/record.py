@@ -1,7 +1,7 @@
 """A synthetic fetal head record in the raw Zenodo layout, with the truth that generated it.
 
 The real record cannot be shipped with the tests, so this writes one with every quirk the
-reader (``src.data.fetal_head``) must survive: plane zips, a nested mask zip, an extracted
+reader (``src.data.readers.fetal_head``) must survive: plane zips, a nested mask zip, an extracted
 plane folder, a plane whose only masks are a Pascal VOC export, yellow CSP in the diverse
 folder, HC18 names, both pixel-size CSV headers, original-size copies and unused annotation
 exports (Cityscapes, YOLO, COCO, SegmentationObject). The truth lies beside it in
@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from src.data.classes import FETAL_HEAD, PALETTES
-from src.data.fetal_head import PLANES
-from src.data.phantom import render_scan
+from src.data.classes import FETAL_HEAD
+from src.data.readers.fetal_head import PALETTES, PLANES
+from src.synthetic.phantom import render_scan
 
 log = logging.getLogger(__name__)
 

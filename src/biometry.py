@@ -426,7 +426,7 @@ def measure_biometry(
 
 
 def measure_class_set(
-    mask: np.ndarray, class_set: ClassSet, pixel_size_mm: PixelSize = None
+    mask: np.ndarray, class_set: ClassSet, pixel_size_mm: PixelSize = None, *, robust: bool = False
 ) -> Biometry | None:
     """``measure_biometry`` with the head labels of ``class_set`` and its CSP and LV classes
     where it has them (HC18's head-only class set measures the head alone)."""
@@ -437,6 +437,7 @@ def measure_class_set(
         head_labels=class_set.head_labels,
         csp_label=names.index("csp") if "csp" in names else None,
         lv_label=names.index("lv") if "lv" in names else None,
+        robust=robust,
     )
 
 

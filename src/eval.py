@@ -61,6 +61,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         restored.class_names,
         restored.image_size,
         tta_flip=bool(cfg.tta),
+        robust_biometry=bool(cfg.robust_biometry),
         postprocess_setting=OmegaConf.to_container(setting)
         if isinstance(setting, DictConfig)
         else setting,

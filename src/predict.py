@@ -1,6 +1,7 @@
 """Predict label masks, overlays and head biometry for PNG/JPEG images (no labels needed).
 
-    python -m src.predict ckpt_path=<file.ckpt> input=<image|folder> out_dir=<folder>
+    python -m src.predict ckpt_path=<file.ckpt or [a.ckpt,b.ckpt]> input=<image|folder>
+        out_dir=<folder>
         [pixel_size_mm=0.15 | pixel_size_csv=<HC18 CSV>] [overwrite=true] [tta_flip=true]
 
 Writes ``out_dir/masks/<name>.png`` (uint8 label ids at the image's original size),
@@ -35,7 +36,7 @@ from src.biometry import ELLIPSE_FIELDS, HeadMeasurement, PixelSize, measure_cla
 from src.data.classes import ClassSet, class_set_for
 from src.data.prepared import check_replaceable, replace_dir
 from src.data.readers.hc18 import PIXEL_SIZE, SUBMISSION_CSV, read_pixel_csv, write_submission
-from src.evaluation.checkpoint import RestoredModel, load_model
+from src.evaluation.checkpoint import RestoredModel, load_ensemble
 from src.evaluation.inference import predict_labels
 from src.visualize import biometry_overlay
 
@@ -93,6 +94,7 @@ def predict_image(
     pixel_size_mm: PixelSize = None,
     tta_flip: bool = False,
     rules: Mapping[str, Sequence[str]] | None = None,
+    robust_biometry: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Labels (H, W), the RGB overlay and the biometry columns of one uint8 grey image."""
     labels = predict_labels(
@@ -104,7 +106,9 @@ def predict_image(
         class_names=model.class_names,
     )
     class_set = _head_class_set(model.class_names)
-    biometry = class_set and measure_class_set(labels, class_set, pixel_size_mm)
+    biometry = class_set and measure_class_set(
+        labels, class_set, pixel_size_mm, robust=robust_biometry
+    )
     overlay = biometry_overlay(image, labels, model.class_names, biometry, pixel_size_mm)
     values = biometry.as_row() if biometry else {}
     return labels, overlay, {"head_found": biometry is not None, **values}
@@ -119,6 +123,7 @@ def predict_files(
     pixel_sizes: Mapping[str, float] | None = None,
     tta_flip: bool = False,
     rules: Mapping[str, Sequence[str]] | None = None,
+    robust_biometry: bool = False,
     overwrite: bool = False,
 ) -> PredictionReport:
     """Predict every readable file into ``out_dir`` (built aside, moved in when complete).
@@ -161,7 +166,12 @@ def predict_files(
                 report.skipped[str(path)] = str(error)
                 continue
             labels, overlay, values = predict_image(
-                model, image, pixel_size_mm=size, tta_flip=tta_flip, rules=rules
+                model,
+                image,
+                pixel_size_mm=size,
+                tta_flip=tta_flip,
+                rules=rules,
+                robust_biometry=robust_biometry,
             )
             _write_png(staging / "masks" / output_name, labels)
             _write_png(staging / "overlays" / output_name, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
@@ -214,7 +224,7 @@ def _write_tables(folder: Path, report: PredictionReport) -> None:
 
 
 def predict(
-    ckpt_path: str | Path,
+    ckpt_path: str | Path | Sequence[str | Path],
     input_path: str | Path,
     out_dir: str | Path,
     *,
@@ -223,9 +233,11 @@ def predict(
     overwrite: bool = False,
     tta_flip: bool = False,
     rules: Mapping[str, Sequence[str]] | None = None,
+    robust_biometry: bool = False,
     device: str = "cpu",
 ) -> PredictionReport:
-    """Load the checkpoint and predict one image or a folder (see the module docstring)."""
+    """Load the checkpoint (or several, averaged as an ``Ensemble``: e.g. the models of a
+    cross-validation's folds) and predict one image or a folder (see the module docstring)."""
     # Before the slow part; checked again when the finished folder is moved in.
     check_replaceable(Path(out_dir), overwrite, [BIOMETRY_CSV], PREDICTION_KIND)
     files = list_inputs(input_path)
@@ -233,7 +245,8 @@ def predict(
     if pixel_size_csv is not None:
         listed = read_pixel_csv(Path(pixel_size_csv))
         pixel_sizes = {name: values[PIXEL_SIZE] for name, values in listed.items()}
-    model = load_model(ckpt_path, map_location=device)
+    paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    model = load_ensemble(paths, map_location=device)
     report = predict_files(
         model,
         files,
@@ -242,6 +255,7 @@ def predict(
         pixel_sizes=pixel_sizes,
         tta_flip=tta_flip,
         rules=rules,
+        robust_biometry=robust_biometry,
         overwrite=overwrite,
     )
     checked = sum(bool(row.get("check")) for row in report.rows)
@@ -259,7 +273,7 @@ def predict(
 def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)  # plain values: a [row, col] list
     predict(
-        cfg.ckpt_path,
+        config["ckpt_path"],
         cfg.input,
         cfg.out_dir,
         pixel_size_mm=config["pixel_size_mm"],
@@ -267,6 +281,7 @@ def main(cfg: DictConfig) -> None:
         overwrite=cfg.overwrite,
         tta_flip=cfg.tta_flip,
         rules=config["postprocess"],
+        robust_biometry=cfg.robust_biometry,
         device=cfg.device,
     )
 

@@ -344,8 +344,8 @@ def write_report(report: Report, out_dir: Path, *, overwrite: bool = False) -> l
 
 
 def render_markdown(report: Report, png_name: str) -> str:
-    columns = _metric_columns(report.classes)
     table = report.table
+    columns = [c for c in _metric_columns(report.classes) if f"{c}_mean" in table]
     header = ["setting", "folds", *(_HEADERS.get(c, c) for c in columns)]
     rows = []
     for setting, row in table.iterrows():

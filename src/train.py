@@ -112,6 +112,7 @@ def test_best_checkpoint(
         datamodule.class_names,
         datamodule.image_size,
         tta_flip=settings.tta,
+        robust_biometry=settings.robust_biometry,
         postprocess_setting=OmegaConf.to_object(settings.postprocess)
         if isinstance(settings.postprocess, DictConfig)
         else settings.postprocess,

@@ -27,7 +27,9 @@ from src.data.readers.hc18 import (
     read_annotation,
     read_pixel_csv,
 )
+from src.evaluation.checkpoint import Ensemble, load_ensemble
 from src.evaluation.evaluate import biometry_columns
+from src.evaluation.inference import predict_labels
 from src.predict import predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,3 +255,19 @@ def test_predict_on_a_test_set_folder_writes_the_submission(hc18_run, tmp_path):
             pixel_size_mm=0.1,
             pixel_size_csv=pixel_csv,
         )
+
+
+def test_fold_models_are_ensembled_and_mismatched_ones_refused(hc18_run, tiny_trained_run):
+    checkpoint = hc18_run / "checkpoints" / "epoch_000.ckpt"
+    single = load_ensemble([checkpoint])
+    double = load_ensemble([checkpoint, checkpoint])
+    assert isinstance(double.net, Ensemble) and double.class_names == single.class_names
+    image = cv2.imread(str(HC18 / "training_set" / "084_HC.png"), cv2.IMREAD_GRAYSCALE)
+    # The mean of identical probabilities is the single model's prediction.
+    np.testing.assert_array_equal(
+        predict_labels(double.net, image, double.image_size),
+        predict_labels(single.net, image, single.image_size),
+    )
+    fetal_head = tiny_trained_run / "checkpoints" / "epoch_000.ckpt"
+    with pytest.raises(ValueError, match="cannot be ensembled"):
+        load_ensemble([checkpoint, fetal_head])

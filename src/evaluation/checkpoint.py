@@ -107,3 +107,44 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
         in_channels=int(payload["in_channels"]),
         checkpoint_path=path,
     )
+
+
+class Ensemble(nn.Module):
+    """Several networks as one: the log of their mean softmax probabilities (nnU-Net's way of
+    ensembling folds; an argmax of it is the ensemble's label map)."""
+
+    def __init__(self, nets: Sequence[nn.Module]):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack([net(image).float().softmax(dim=1) for net in self.nets])
+        return probabilities.mean(dim=0).clamp_min(1e-8).log()
+
+
+def load_ensemble(
+    ckpt_paths: Sequence[str | Path], map_location: str | torch.device = "cpu"
+) -> RestoredModel:
+    """One checkpoint as ``load_model`` does, or several (e.g. the folds of a cross-validation)
+    as an ``Ensemble``; they must agree on classes, input size and channels."""
+    if not ckpt_paths:
+        raise ValueError("no checkpoint given (expected one .ckpt path or a list of them)")
+    models = [load_model(path, map_location) for path in ckpt_paths]
+    first = models[0]
+    for other in models[1:]:
+        mine = (first.class_names, first.image_size, first.in_channels)
+        theirs = (other.class_names, other.image_size, other.in_channels)
+        if theirs != mine:
+            raise ValueError(
+                f"{other.checkpoint_path} (classes, input size, channels {theirs}) cannot be "
+                f"ensembled with {first.checkpoint_path} ({mine})"
+            )
+    if len(models) == 1:
+        return first
+    return RestoredModel(
+        net=Ensemble([m.net for m in models]).eval(),
+        class_names=first.class_names,
+        image_size=first.image_size,
+        in_channels=first.in_channels,
+        checkpoint_path=first.checkpoint_path,
+    )

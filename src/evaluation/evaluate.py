@@ -152,7 +152,12 @@ def resolve_postprocess(
 
 
 def score_image(
-    row: Mapping, truth: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+    row: Mapping,
+    truth: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    robust_biometry: bool = False,
 ) -> dict:
     """One per-image row: index info, per-class Dice, IoU, case and distances, biometry."""
     pixel_size = pixel_size_of(row)
@@ -182,7 +187,7 @@ def score_image(
     if class_set is not None and class_set.head_labels:
         reference = row.get(REFERENCE_HC)
         reference = None if reference is None or pd.isna(reference) else float(reference)
-        out |= biometry_columns(truth, labels, pixel_size, class_set, reference)
+        out |= biometry_columns(truth, labels, pixel_size, class_set, reference, robust_biometry)
     return out
 
 
@@ -192,13 +197,15 @@ def biometry_columns(
     pixel_size: float | None,
     class_set: ClassSet,
     reference_hc: float | None = None,
+    robust: bool = False,
 ) -> dict:
     """``<quantity>_true``, ``_pred``, ``_diff`` (pred - true; NaN unless both measured), the
     units, the fit-quality ``check`` flags of truth and prediction, the predicted ellipse
     (``ellipse_*``) and, given a ``reference_hc`` in mm, ``hc_reference`` and
     ``hc_reference_diff`` (pred - reference)."""
     measured = {
-        which: measure_class_set(mask, class_set, pixel_size)
+        # The truth is an ellipse already: the robust refit is for predictions only.
+        which: measure_class_set(mask, class_set, pixel_size, robust=robust and which == "pred")
         for which, mask in (("true", truth), ("pred", labels))
     }
     out: dict = {"biometry_units": "px" if pixel_size is None else "mm"}
@@ -337,6 +344,7 @@ def evaluate(
     postprocess_setting: str | Mapping = "auto",
     validation_rows: pd.DataFrame | None = None,
     strata_column: str | None = None,
+    robust_biometry: bool = False,
 ) -> dict:
     """Predict ``rows`` at their original size, post-process, score. Returns ``rows`` (one
     dict per image, in the given order), the aggregates of ``summarize_rows``,
@@ -350,7 +358,7 @@ def evaluate(
     for row, truth, labels in predict_rows(net, rows, prepared_dir, image_size, tta_flip=tta_flip):
         if decision["rules"]:
             labels = postprocess(labels, decision["rules"], class_names)
-        scored.append(score_image(row, truth, labels, class_names))
+        scored.append(score_image(row, truth, labels, class_names, robust_biometry=robust_biometry))
     return {
         "rows": scored,
         **summarize_rows(scored, class_names, strata_column),
@@ -359,6 +367,7 @@ def evaluate(
             "resolution": "original (index.csv orig_width x orig_height)",
             "model_input_size": list(image_size),
             "tta_flip": tta_flip,
+            "robust_biometry": robust_biometry,
             "postprocess": postprocess_setting
             if isinstance(postprocess_setting, str)
             else dict(postprocess_setting),

@@ -441,11 +441,17 @@ def measure_class_set(
     )
 
 
-def fitted_ellipse_mask(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def fitted_ellipse_mask(
+    shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, inset_px: float = 0.0
+) -> np.ndarray:
     """Boolean (H, W) mask of the pixels whose centre lies inside the least-squares ellipse
-    through the points (``rows``, ``cols``): an outline drawn around a centre line becomes
-    the region that line encloses (used by the HC18 reader for the sonographers' outlines)."""
+    through the points (``rows``, ``cols``), its semi-axes shortened by ``inset_px``: an
+    outline drawn around (or outside) a curve becomes the region that curve encloses (used by
+    the HC18 reader for the sonographers' outlines)."""
     ellipse = _fit_ellipse(np.stack([cols, rows], axis=1).astype(np.float64))
+    ellipse = _Ellipse(
+        ellipse.cx, ellipse.cy, ellipse.a - inset_px, ellipse.b - inset_px, ellipse.angle
+    )
     grid_rows, grid_cols = np.indices(shape)
     u, v = _frame(
         np.stack([grid_cols.ravel(), grid_rows.ravel()], axis=1).astype(np.float64), ellipse

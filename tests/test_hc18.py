@@ -65,12 +65,12 @@ def test_the_reader_finds_every_scan_with_its_subject_size_and_stratum(hc18_prep
 
 
 def test_each_filled_annotation_gives_the_sonographers_head_circumference(hc18_prepared):
-    """Max deviation on these 39 scans: 1.3%; the filled outline is an ellipse (no check)."""
+    """Within 0.07% on these 39 (filled) scans; up to 1.3% (always larger) without the inset."""
     for row in read_index(hc18_prepared).to_dict("records"):
         mask = cv2.imread(str(hc18_prepared / row["mask"]), cv2.IMREAD_UNCHANGED)
         assert set(np.unique(mask)) == {0, 1}
         head = measure_head(mask, HC18_HEAD.head_labels, row["pixel_size_mm"])
-        assert head.hc == pytest.approx(row["hc_mm"], rel=0.015), row["image"]
+        assert head.hc == pytest.approx(row["hc_mm"], rel=0.002), row["image"]
         assert not head.check, row["image"]
 
 

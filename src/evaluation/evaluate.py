@@ -229,9 +229,11 @@ def biometry_columns(
                 f"ellipse_{k}": math.nan if head is None else getattr(head, k)
                 for k in ELLIPSE_FIELDS
             }
+        # The two quantities behind ``check`` (see src.biometry), to calibrate it on real data.
         out[f"unsupported_fraction_{which}"] = (
             math.nan if head is None else head.unsupported_fraction
         )
+        out[f"max_residual_rel_{which}"] = math.nan if head is None else head.max_residual_rel
     for quantity in BIOMETRY_QUANTITIES:
         out[f"{quantity}_diff"] = out[f"{quantity}_pred"] - out[f"{quantity}_true"]
     out["hc_reference_diff"] = out["hc_pred"] - out["hc_reference"]

@@ -48,6 +48,8 @@ class PhantomScan:
     image: np.ndarray  # (H, W) uint8 B-mode
     labels: np.ndarray  # (H, W) uint8: 0 background, 1 brain, 2 CSP, 3 LV
     head: HeadEllipse
+    # (H, W) uint8: the same scan without speckle (render_scan(..., clean=True)), else None
+    clean: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -523,9 +525,14 @@ def render_scan(
     has_lv: bool,
     pixel_size_mm: float,
     look: BModeLook = CALIBRATED_LOOK,
+    clean: bool = False,
 ) -> PhantomScan:
     """One B-mode scan with its labels (head = the filled generating ellipse, CSP / LV
-    painted over it when asked for) and the exact head geometry."""
+    painted over it when asked for) and the exact head geometry.
+
+    ``clean``: also render the same scan without speckle (``PhantomScan.clean``): the
+    expected echo power in place of the speckle's, everything else (and every random draw,
+    so ``image`` is unchanged) the same. A true clean target for denoisers."""
     if width < 16 or height < 16:
         raise ValueError(f"render_scan: image must be at least 16 x 16 px, got {width} x {height}")
     if not pixel_size_mm > 0:
@@ -574,7 +581,15 @@ def render_scan(
     # its sharpness, and its cross term with the speckle (the Rician part of a single look)
     # averages out.
     compounding = rng.uniform(*look.compounding_px)
-    power = _gaussian_blur(envelope**2, compounding / 2 * px_to_axial, compounding * px_to_lateral)
+    compound_sigmas = (compounding / 2 * px_to_axial, compounding * px_to_lateral)
+    powers = [_gaussian_blur(envelope**2, *compound_sigmas)]
+    if clean:
+        # E[envelope^2]: the diffuse power seen through the squared point-spread function
+        # (a Gaussian of sigma / sqrt 2), compounded as the speckle is.
+        expected = _gaussian_blur(
+            to_fine(maps.diffuse), axial_sigma / math.sqrt(2), lateral_sigma / math.sqrt(2)
+        )
+        powers.append(_gaussian_blur(expected, *compound_sigmas))
     # Brain interfaces are specular too: bright where the beam meets the midline (and the
     # echoes roughly parallel to it) at right angles.
     interfaces = _draw_interfaces(rng, look, head, csp, lv, labels)
@@ -585,30 +600,36 @@ def render_scan(
     specular = to_fine(maps.coherent) + look.midline_echo[1] * amplitude**2 * (
         0.1 + 0.9 * facing_beam
     )
-    power += _gaussian_blur(specular, axial_sigma, lateral_sigma)
+    specular_power = _gaussian_blur(specular, axial_sigma, lateral_sigma)
     # Attenuation along each beam (blurred across beams: the beam has a width), part of it
     # undone by time-gain compensation.
     attenuation = _gaussian_blur(maps.attenuation, 0.5, 2.0)
     loss = np.cumsum(to_fine(attenuation), axis=0) * depth_step
     gain_per_px = rng.uniform(*look.gain_compensation) * maps.tissue_attenuation
-    power_db = 10 * np.log10(power + 1e-12) + (10 / math.log(10)) * (
-        gain_per_px * (depths - sector.r_min) - loss
-    )
+    gain_db = (10 / math.log(10)) * (gain_per_px * (depths - sector.r_min) - loss)
 
     # Log compression: mean soft tissue (power 1) is shown at the drawn grey level.
     dynamic_range = rng.uniform(*look.dynamic_range_db)
     floor_db = -rng.uniform(*look.tissue_grey) / 255 * dynamic_range
-    grey = np.clip((power_db - floor_db) * (255 / dynamic_range), 0, 255)
 
     # Scan conversion: each image pixel looks up its (depth, beam) position; outside the
     # fan cv2.remap returns the border value 0.
     r, theta = sector.polar(*_sparse_pixel_grid(width, height))
-    image = cv2.remap(
-        grey.astype(np.float32),
-        _upsample_to_pixels((theta + sector.half_angle) / angle_step, width, height),
-        _upsample_to_pixels((r - sector.r_min) / depth_step, width, height),
-        interpolation=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0,
-    )
-    return PhantomScan(np.rint(image).astype(np.uint8), labels, head)
+    map_x = _upsample_to_pixels((theta + sector.half_angle) / angle_step, width, height)
+    map_y = _upsample_to_pixels((r - sector.r_min) / depth_step, width, height)
+
+    def to_image(power: np.ndarray) -> np.ndarray:
+        power_db = 10 * np.log10(power + specular_power + 1e-12) + gain_db
+        grey = np.clip((power_db - floor_db) * (255 / dynamic_range), 0, 255)
+        image = cv2.remap(
+            grey.astype(np.float32),
+            map_x,
+            map_y,
+            interpolation=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        return np.rint(image).astype(np.uint8)
+
+    images = [to_image(power) for power in powers]
+    return PhantomScan(images[0], labels, head, images[1] if clean else None)

@@ -14,9 +14,10 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import nn
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
-from src.evaluation.checkpoint import load_model
+from src.evaluation.checkpoint import load_denoiser, load_model, restore_network
 from src.evaluation.evaluate import evaluate
 from src.evaluation.records import evaluation_summary, write_evaluation
 from src.lit.callbacks import TrainingLog
@@ -46,6 +47,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = hydra.utils.instantiate(cfg.data)
+    denoiser, denoiser_config = denoiser_prestage(cfg.get("denoiser"))
     module = SegmentationModule(
         net=hydra.utils.instantiate(cfg.model),
         loss=hydra.utils.instantiate(cfg.loss),
@@ -56,6 +58,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model_config=OmegaConf.to_container(cfg.model, resolve=True),
         image_size=datamodule.image_size,
         in_channels=cfg.data.in_channels,
+        denoiser=denoiser,
+        denoiser_trainable=bool(OmegaConf.select(cfg, "denoiser.trainable", default=False)),
+        denoiser_config=denoiser_config,
     )
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(
@@ -77,6 +82,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
         training = next((c.record() for c in trainer.callbacks if isinstance(c, TrainingLog)), None)
         metrics |= test_best_checkpoint(trainer, module, datamodule, best, training, cfg.eval)
     return metrics
+
+
+def denoiser_prestage(cfg: DictConfig | None) -> tuple[nn.Module | None, dict | None]:
+    """The learned denoiser to put in front of the segmenter (None without one), and the
+    resolved config that rebuilds the pre-stage at eval/predict time (None without one).
+
+    ``denoiser=none``: neither. A classical filter (``denoiser.filter``) runs in the data
+    pipeline (``data.denoise``), so only its config is returned. A network comes from
+    ``denoiser.ckpt_path`` (a ``src.train_denoiser`` checkpoint or run folder, rebuilt from
+    its own config), else, to be trained with the segmenter, from ``denoiser.net``."""
+    if cfg is None:
+        return None, None
+    if "filter" in cfg:
+        return None, OmegaConf.to_container(cfg.filter, resolve=True)
+    if cfg.ckpt_path:
+        return load_denoiser(cfg.ckpt_path)
+    if not cfg.trainable:
+        raise ValueError(
+            "denoiser.ckpt_path is null and denoiser.trainable=false: a frozen denoiser needs "
+            "trained weights (denoiser.ckpt_path=<src.train_denoiser checkpoint or run folder>); "
+            "or set denoiser.trainable=true to train it from scratch with the segmenter"
+        )
+    return hydra.utils.instantiate(cfg.net), OmegaConf.to_container(cfg.net, resolve=True)
 
 
 def best_checkpoint_callback(trainer: pl.Trainer, monitor: str) -> ModelCheckpoint | None:
@@ -104,7 +132,14 @@ def test_best_checkpoint(
     if not trainer.is_global_zero:
         return {}
     training_size = module.test_summary["metrics"]
-    net = load_model(best, map_location=module.device).net if best else module.net
+    net = (
+        load_model(best, map_location=module.device).net
+        if best
+        # The network the checkpoint would rebuild (with its denoising pre-stage, if any).
+        else restore_network(module.checkpoint_payload, module.state_dict())
+        .to(module.device)
+        .eval()
+    )
     result = evaluate(
         net,
         datamodule.split_rows("test"),

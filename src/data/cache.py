@@ -1,11 +1,12 @@
 """Decoded-image cache: every image and mask of a prepared dir, resized once, as uint8 .npy.
 
 Decoding a 959x661 PNG and resizing it costs far more than a training step's data needs, so
-it is done once per (prepared dir, index.csv content, resolution) and epochs read memory-
-mapped arrays. A prepared dir is never rewritten in place (``prepared.write_prepared`` swaps
-whole folders), so the index.csv content identifies its images; the cache lives inside it,
-so moving the prepared dir keeps its caches valid. Builds are locked (``locked``), so
-concurrent runs build once and the others wait for and reuse the result.
+it is done once per (prepared dir, index.csv content, resolution, denoising filter) and
+epochs read memory-mapped arrays. A prepared dir is never rewritten in place
+(``prepared.write_prepared`` swaps whole folders), so the index.csv content identifies its
+images; the cache lives inside it, so moving the prepared dir keeps its caches valid. Builds
+are locked (``locked``), so concurrent runs build once and the others wait for and reuse the
+result.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from src.data.prepared import build_dir_atomically, locked, read_index
+from src.denoise.classical import ClassicalFilter
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +35,19 @@ MASKS_FILE = "masks.npy"
 IDS_FILE = "ids.json"  # image paths in row order
 
 
-def cache_dir_for(prepared_dir: Path, image_size: tuple[int, int]) -> Path:
-    """``<prepared>/cache/<H>x<W>-<hash of format version, resolution and index.csv>``."""
+def cache_dir_for(
+    prepared_dir: Path, image_size: tuple[int, int], denoise: ClassicalFilter | None = None
+) -> Path:
+    """``<prepared>/cache/<H>x<W>[-<filter>]-<hash of format version, resolution, the
+    denoising filter's cache key and index.csv>``: each filter setting has its own cache."""
     height, width = image_size
-    digest = hashlib.sha256(f"v{CACHE_FORMAT_VERSION}:{height}x{width}:".encode())
+    key = f"v{CACHE_FORMAT_VERSION}:{height}x{width}:"
+    if denoise is not None:
+        key += f"{denoise.cache_key}:"
+    digest = hashlib.sha256(key.encode())
     digest.update((prepared_dir / "index.csv").read_bytes())
-    return prepared_dir / "cache" / f"{height}x{width}-{digest.hexdigest()[:12]}"
+    name = f"{height}x{width}" + (f"-{denoise.name}" if denoise is not None else "")
+    return prepared_dir / "cache" / f"{name}-{digest.hexdigest()[:12]}"
 
 
 def resize_image(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
@@ -89,6 +98,7 @@ def _write_arrays(
     rows: pd.DataFrame,
     image_size: tuple[int, int],
     num_classes: int,
+    denoise: ClassicalFilter | None,
 ) -> None:
     out_dir.mkdir()
     shape = (len(rows), *image_size)
@@ -96,12 +106,15 @@ def _write_arrays(
     masks = np.lib.format.open_memmap(out_dir / MASKS_FILE, "w+", np.uint8, shape)
 
     def fill(row: int) -> None:
-        images[row], masks[row] = load_resized(
+        image, masks[row] = load_resized(
             prepared_dir / rows["image"].iat[row],
             prepared_dir / rows["mask"].iat[row],
             image_size,
             num_classes=num_classes,
         )
+        # Denoised once here, at the network's input size, so it costs nothing per epoch;
+        # src.denoise.prestage.FilterLayer repeats it at eval/predict time.
+        images[row] = image if denoise is None else denoise(image)
 
     # OpenCV releases the GIL while decoding and resizing, so threads use all cores.
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
@@ -111,19 +124,32 @@ def _write_arrays(
     (out_dir / IDS_FILE).write_text(json.dumps(rows["image"].tolist()))
 
 
-def build_cache(prepared_dir: Path, image_size: tuple[int, int], *, num_classes: int) -> Path:
-    """The cache folder for this resolution, built on first use (atomically, under a lock) and
-    reused after."""
+def build_cache(
+    prepared_dir: Path,
+    image_size: tuple[int, int],
+    *,
+    num_classes: int,
+    denoise: ClassicalFilter | None = None,
+) -> Path:
+    """The cache folder for this resolution (and denoising filter, applied to every resized
+    image), built on first use (atomically, under a lock) and reused after."""
     prepared_dir = Path(prepared_dir)
     image_size = (int(image_size[0]), int(image_size[1]))
     rows = read_index(prepared_dir)
-    target = cache_dir_for(prepared_dir, image_size)
+    target = cache_dir_for(prepared_dir, image_size, denoise)
     with locked(target):
         if target.is_dir():  # complete: it was renamed into place after the build
             return target
-        log.info("caching %d images of %s at %dx%d", len(rows), prepared_dir, *image_size)
+        log.info(
+            "caching %d images of %s at %dx%d%s",
+            len(rows),
+            prepared_dir,
+            *image_size,
+            f", denoised by {denoise.cache_key}" if denoise is not None else "",
+        )
         return build_dir_atomically(
-            target, lambda out: _write_arrays(out, prepared_dir, rows, image_size, num_classes)
+            target,
+            lambda out: _write_arrays(out, prepared_dir, rows, image_size, num_classes, denoise),
         )
 
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from src.data.cache import build_cache, cache_dir_for, open_cache
 from src.data.prepared import Reader, build_dir_atomically, locked, read_index, why_outdated
 from src.data.splits import SPLIT_NAMES, Splits, make_splits, read_splits
+from src.denoise.classical import ClassicalFilter
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     ``column`` is one of the given values (a None list keeps all). ``synthetic`` (``root``,
     ``generate``) names the one location where missing data is generated (``generate(out)``,
     the phantom); any other missing ``root`` is an error, never a silent switch to fake data.
+    ``denoise``: a classical despeckling filter applied to every cached image (its own cache).
     Generating, preparing and caching are locked, so concurrent runs (sweeps, nodes sharing a
     file system) do each once.
     """
@@ -133,6 +135,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         synthetic: Mapping | None = None,
         in_channels: int = 1,
         num_classes: int | None = None,
+        denoise: ClassicalFilter | None = None,
     ):
         super().__init__()
         self.reader = reader
@@ -165,6 +168,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.select = {
             column: list(values) for column, values in (select or {}).items() if values is not None
         }
+        self.denoise = denoise
         self.synthetic = dict(synthetic) if synthetic is not None else None
         if self.synthetic is not None and set(self.synthetic) != set(SYNTHETIC_KEYS):
             raise ValueError(
@@ -207,7 +211,9 @@ class SegmentationDataModule(pl.LightningDataModule):
                 else:
                     log.info("preparing %s into %s", self.root, self.prepared_dir)
                 self.reader.prepare(self.root, self.prepared_dir, overwrite=exists)
-        build_cache(self.prepared_dir, self.image_size, num_classes=self.num_classes)
+        build_cache(
+            self.prepared_dir, self.image_size, num_classes=self.num_classes, denoise=self.denoise
+        )
 
     def _generate_synthetic(self) -> None:
         if not self.is_synthetic:
@@ -262,7 +268,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.splits_out is not None:
             self._write_splits()
 
-        cache_dir = cache_dir_for(self.prepared_dir, self.image_size)
+        cache_dir = cache_dir_for(self.prepared_dir, self.image_size, self.denoise)
         _, _, cached_ids = open_cache(cache_dir)
         row_of = {image: row for row, image in enumerate(cached_ids)}
         self._rows = rows.set_index("image", drop=False)
@@ -298,6 +304,12 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _write_splits(self) -> None:
         self.splits.write(self.splits_out)
         log.info("split written to %s", self.splits_out)
+
+    def dataset(self, split: str) -> CachedSegmentationDataset:
+        """A split's dataset (after ``setup``), e.g. for denoiser training pairs."""
+        if not self._datasets:
+            raise RuntimeError("call setup() before asking for a split's dataset")
+        return self._datasets[split]
 
     def split_rows(self, split: str) -> pd.DataFrame:
         """index.csv rows of one split (image, mask, subject, pixel size, original size and the

@@ -2,11 +2,17 @@
 
 ``SegmentationModule`` writes ``checkpoint["sonoseg"]`` (``checkpoint_payload``); ``load_model``
 reads it back. Format 1: ``{"format", "model", "class_names", "image_size", "in_channels"}``
-with ``model`` the resolved model config (a ``_target_`` dict).
+with ``model`` the resolved model config (a ``_target_`` dict), and optionally ``denoiser``:
+the resolved config of a denoising pre-stage (``src.denoise``), rebuilt in front of the
+network: a classical filter (the data pipeline applied it in training; here it runs on the
+resized image, so eval and predict see what training saw) or a network whose weights are the
+checkpoint's ``denoiser.*``. ``src.train_denoiser`` checkpoints carry
+``checkpoint["sonoseg_denoiser"]`` (``denoiser_payload``), read by ``load_denoiser``.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,10 +22,22 @@ import hydra
 import torch
 from torch import nn
 
+from src.denoise.prestage import DenoisedSegmenter, as_prestage
+
 PAYLOAD_KEY = "sonoseg"
 PAYLOAD_FORMAT = 1
 PAYLOAD_KEYS = ("format", "model", "class_names", "image_size", "in_channels")
-_NET_PREFIX = "net."  # SegmentationModule keeps the network as ``self.net``
+DENOISER_PAYLOAD_KEY = "sonoseg_denoiser"
+DENOISER_PAYLOAD_KEYS = ("format", "model", "image_size")
+# SegmentationModule keeps the network as ``self.net`` and a learned pre-stage as
+# ``self.denoiser``; DenoisingModule its network as ``self.net``.
+_NET_PREFIX = "net."
+_DENOISER_PREFIX = "denoiser."
+
+
+def _check_config(config: Mapping, what: str) -> None:
+    if "_target_" not in config:
+        raise ValueError(f"{what} must be a resolved config with a _target_: {config}")
 
 
 def checkpoint_payload(
@@ -27,20 +45,33 @@ def checkpoint_payload(
     class_names: Sequence[str],
     image_size: Sequence[int],
     in_channels: int,
+    denoiser: Mapping | None = None,
 ) -> dict:
-    """The ``checkpoint["sonoseg"]`` entry: plain Python values only (loads with weights_only)."""
-    if "_target_" not in model_config:
-        raise ValueError(
-            f"model_config must be a resolved model config with a _target_: {model_config}"
-        )
+    """The ``checkpoint["sonoseg"]`` entry: plain Python values only (loads with weights_only).
+    ``denoiser``: the resolved config of the pre-stage in front of the network, if any."""
+    _check_config(model_config, "model_config")
     if len(image_size) != 2:
         raise ValueError(f"image_size must be [height, width], got {list(image_size)}")
-    return {
+    payload = {
         "format": PAYLOAD_FORMAT,
         "model": dict(model_config),
         "class_names": [str(name) for name in class_names],
         "image_size": [int(v) for v in image_size],
         "in_channels": int(in_channels),
+    }
+    if denoiser is not None:
+        _check_config(denoiser, "the denoiser config")
+        payload["denoiser"] = dict(denoiser)
+    return payload
+
+
+def denoiser_payload(model_config: Mapping, image_size: Sequence[int]) -> dict:
+    """The ``checkpoint["sonoseg_denoiser"]`` entry of a ``src.train_denoiser`` checkpoint."""
+    _check_config(model_config, "the denoiser's model config")
+    return {
+        "format": PAYLOAD_FORMAT,
+        "model": dict(model_config),
+        "image_size": [int(v) for v in image_size],
     }
 
 
@@ -55,9 +86,8 @@ class RestoredModel:
     checkpoint_path: Path
 
 
-def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> RestoredModel:
-    """Rebuild the network of a sonoseg checkpoint from the checkpoint alone (no run folder)."""
-    path = Path(ckpt_path)
+def _read_checkpoint(path: Path, map_location, key: str, keys: Sequence[str], writer: str):
+    """The checkpoint dict and its ``key`` payload, checked (format and keys)."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found (expected a .ckpt file)")
     try:
@@ -68,37 +98,61 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
         ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    payload = checkpoint.get(PAYLOAD_KEY)
+    payload = checkpoint.get(key)
     if not isinstance(payload, dict):
         raise ValueError(
-            f"{path} has no '{PAYLOAD_KEY}' entry: it was not written by sonoseg's "
-            "SegmentationModule or predates checkpoints that carry their model config; "
-            f"re-train to get one (expected checkpoint['{PAYLOAD_KEY}'] with keys "
-            f"{', '.join(PAYLOAD_KEYS)})"
+            f"{path} has no '{key}' entry: it was not written by {writer} or predates "
+            "checkpoints that carry their model config; re-train to get one (expected "
+            f"checkpoint['{key}'] with keys {', '.join(keys)})"
         )
-    missing = [key for key in PAYLOAD_KEYS if key not in payload]
+    missing = [name for name in keys if name not in payload]
     if missing or payload["format"] != PAYLOAD_FORMAT:
         raise ValueError(
-            f"{path}: checkpoint['{PAYLOAD_KEY}'] must be format {PAYLOAD_FORMAT} with keys "
-            f"{', '.join(PAYLOAD_KEYS)}; got format {payload.get('format')!r}, missing {missing}"
+            f"{path}: checkpoint['{key}'] must be format {PAYLOAD_FORMAT} with keys "
+            f"{', '.join(keys)}; got format {payload.get('format')!r}, missing {missing}"
         )
+    return checkpoint, payload
+
+
+def _build(config: Mapping, state_dict: Mapping, prefix: str, source: object):
+    """``config`` instantiated, with the ``prefix`` weights of ``state_dict`` if it is a
+    network (a classical filter has none)."""
     try:
-        net = hydra.utils.instantiate(payload["model"])
+        built = hydra.utils.instantiate(config)
     except Exception as error:
-        raise ValueError(
-            f"{path}: cannot build the network from its model config {payload['model']}: {error}"
-        ) from error
-    weights = {
-        key.removeprefix(_NET_PREFIX): value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith(_NET_PREFIX)
-    }
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as error:
-        raise ValueError(
-            f"{path}: the weights do not match the model config {payload['model']}: {error}"
-        ) from error
+        raise ValueError(f"{source}: cannot build {config}: {error}") from error
+    if isinstance(built, nn.Module):
+        weights = {
+            key.removeprefix(prefix): value
+            for key, value in state_dict.items()
+            if key.startswith(prefix)
+        }
+        try:
+            built.load_state_dict(weights)
+        except RuntimeError as error:
+            raise ValueError(
+                f"{source}: the weights do not match the model config {config}: {error}"
+            ) from error
+    return built
+
+
+def restore_network(payload: Mapping, state_dict: Mapping, source: object = "") -> nn.Module:
+    """The network of a ``checkpoint_payload`` with the weights of ``state_dict`` (a
+    checkpoint's, or a SegmentationModule's own): behind its denoiser when it has one."""
+    net = _build(payload["model"], state_dict, _NET_PREFIX, source)
+    if payload.get("denoiser") is None:
+        return net
+    denoiser = _build(payload["denoiser"], state_dict, _DENOISER_PREFIX, source)
+    return DenoisedSegmenter(as_prestage(denoiser), net)
+
+
+def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> RestoredModel:
+    """Rebuild the network of a sonoseg checkpoint from the checkpoint alone (no run folder)."""
+    path = Path(ckpt_path)
+    checkpoint, payload = _read_checkpoint(
+        path, map_location, PAYLOAD_KEY, PAYLOAD_KEYS, "sonoseg's SegmentationModule"
+    )
+    net = restore_network(payload, checkpoint["state_dict"], path)
     net.to(map_location).eval()
     return RestoredModel(
         net=net,
@@ -107,6 +161,35 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
         in_channels=int(payload["in_channels"]),
         checkpoint_path=path,
     )
+
+
+def resolve_run_checkpoint(path: str | Path) -> Path:
+    """A ``.ckpt`` file as it is; a run folder: the best checkpoint its
+    ``checkpoints/summary.json`` names (looked up in that folder, so a moved run works)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    summary = path / "checkpoints" / "summary.json"
+    named = json.loads(summary.read_text()).get("checkpoint") if summary.is_file() else None
+    if not named:
+        raise FileNotFoundError(
+            f"{path}: a run folder whose checkpoints/summary.json names its best checkpoint "
+            "was expected (or give the .ckpt file itself)"
+        )
+    return path / "checkpoints" / Path(named).name
+
+
+def load_denoiser(
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
+    """The network of a ``src.train_denoiser`` checkpoint (a ``.ckpt`` file or its run
+    folder) and its resolved model config, from the checkpoint alone."""
+    path = resolve_run_checkpoint(ckpt_path)
+    checkpoint, payload = _read_checkpoint(
+        path, map_location, DENOISER_PAYLOAD_KEY, DENOISER_PAYLOAD_KEYS, "src.train_denoiser"
+    )
+    net = _build(payload["model"], checkpoint["state_dict"], _NET_PREFIX, path)
+    return net.to(map_location), dict(payload["model"])
 
 
 class Ensemble(nn.Module):

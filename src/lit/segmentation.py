@@ -20,6 +20,12 @@ class SegmentationModule(pl.LightningModule):
     Under DDP every logged value covers all processes: losses are reduced by Lightning
     (``sync_dist``), the metrics by torchmetrics. ``scheduler_monitor`` is the metric a
     scheduler such as ReduceLROnPlateau steps on (the run's ``optimized_metric``).
+
+    ``denoiser``: a learned denoising pre-stage run on the batch before ``net``: frozen
+    (no gradient, kept in eval mode: the two-stage set-up) or, with ``denoiser_trainable``,
+    trained jointly with it. ``denoiser_config`` is what rebuilds the pre-stage at eval and
+    predict time (``checkpoint["sonoseg"]["denoiser"]``): this network's config, or that of a
+    classical filter, which the data pipeline applies and which has no module here.
     """
 
     def __init__(
@@ -33,6 +39,9 @@ class SegmentationModule(pl.LightningModule):
         model_config: Mapping,
         image_size: Sequence[int],
         in_channels: int,
+        denoiser: nn.Module | None = None,
+        denoiser_trainable: bool = False,
+        denoiser_config: Mapping | None = None,
     ) -> None:
         super().__init__()
         # Modules and optimizer partials stay out of the checkpoint's hparams (the run's
@@ -47,12 +56,18 @@ class SegmentationModule(pl.LightningModule):
                 "model_config",
                 "image_size",
                 "in_channels",
+                "denoiser",
+                "denoiser_config",
             ],
             logger=False,
         )
         self.checkpoint_payload = checkpoint_payload(
-            model_config, class_names, image_size, in_channels
+            model_config, class_names, image_size, in_channels, denoiser=denoiser_config
         )
+        self.denoiser = denoiser
+        self.denoiser_trainable = denoiser_trainable
+        if denoiser is not None and not denoiser_trainable:
+            denoiser.requires_grad_(False).eval()
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -66,7 +81,17 @@ class SegmentationModule(pl.LightningModule):
         so ``src.evaluation.checkpoint.load_model`` rebuilds the network without the run."""
         checkpoint[PAYLOAD_KEY] = self.checkpoint_payload
 
+    def train(self, mode: bool = True) -> SegmentationModule:
+        """A frozen denoiser stays in eval mode (batch-norm statistics and dropout as it was
+        trained) whatever mode Lightning switches the module to."""
+        super().train(mode)
+        if self.denoiser is not None and not self.denoiser_trainable:
+            self.denoiser.eval()
+        return self
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.denoiser is not None:
+            image = self.denoiser(image)
         return self.net(image)
 
     def _loss_and_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,20 +135,13 @@ class SegmentationModule(pl.LightningModule):
             "per_image": [
                 {"id": image_id, **values}
                 for image_id, values in zip(
-                    self._gathered_test_ids(), self.test_metrics.per_image(), strict=True
+                    gathered_ids(self.trainer, self.test_ids),
+                    self.test_metrics.per_image(),
+                    strict=True,
                 )
             ],
         }
         self._log_metrics("test", self.test_metrics)
-
-    def _gathered_test_ids(self) -> list[str]:
-        """Image ids in the order the metric's per-image rows are gathered: process by process
-        under DDP (torchmetrics concatenates the states in rank order)."""
-        if self.trainer.world_size == 1:
-            return list(self.test_ids)
-        parts: list[list[str]] = [[] for _ in range(self.trainer.world_size)]
-        torch.distributed.all_gather_object(parts, self.test_ids)
-        return [image_id for part in parts for image_id in part]
 
     def _log_metrics(self, stage: str, metrics: SegmentationMetrics) -> None:
         values = metrics.compute()  # already over all processes: torchmetrics syncs its states
@@ -132,14 +150,37 @@ class SegmentationModule(pl.LightningModule):
         metrics.reset()
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": self.scheduler_factory(optimizer=optimizer),
-                "monitor": self.hparams.scheduler_monitor,
-                "interval": "epoch",
-            },
-        }
+        return optimizers_config(
+            self, self.optimizer_factory, self.scheduler_factory, self.hparams.scheduler_monitor
+        )
+
+
+def gathered_ids(trainer: pl.Trainer, ids: list[str]) -> list[str]:
+    """Image ids in the order a metric's per-image rows are gathered: process by process
+    under DDP (torchmetrics concatenates the states in rank order)."""
+    if trainer.world_size == 1:
+        return list(ids)
+    parts: list[list[str]] = [[] for _ in range(trainer.world_size)]
+    torch.distributed.all_gather_object(parts, ids)
+    return [image_id for part in parts for image_id in part]
+
+
+def optimizers_config(
+    module: pl.LightningModule,
+    optimizer: Callable[..., torch.optim.Optimizer],
+    scheduler: Callable[..., object] | None,
+    monitor: str,
+) -> dict:
+    """The optimizer over the module's trainable parameters (a frozen denoiser's stay out)
+    and, if given, the epoch-wise scheduler stepping on ``monitor``."""
+    built = optimizer(params=[p for p in module.parameters() if p.requires_grad])
+    if scheduler is None:
+        return {"optimizer": built}
+    return {
+        "optimizer": built,
+        "lr_scheduler": {
+            "scheduler": scheduler(optimizer=built),
+            "monitor": monitor,
+            "interval": "epoch",
+        },
+    }

@@ -32,7 +32,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
-from src.biometry import ELLIPSE_FIELDS, HeadMeasurement, PixelSize, measure_class_set
+from src.biometry import (
+    ELLIPSE_FIELDS,
+    Biometry,
+    HeadMeasurement,
+    PixelSize,
+    measure_class_set,
+)
 from src.data.classes import ClassSet, class_set_for
 from src.data.prepared import check_replaceable, replace_dir
 from src.data.readers.hc18 import PIXEL_SIZE, SUBMISSION_CSV, read_pixel_csv, write_submission
@@ -73,11 +79,26 @@ def list_inputs(input_path: str | Path) -> list[Path]:
 
 def read_image(path: Path) -> np.ndarray:
     """A PNG/JPEG file as a uint8 grey (H, W) image; ValueError naming the file otherwise."""
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: not a PNG/JPEG file (expected {', '.join(IMAGE_SUFFIXES)})")
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    _check_image_name(str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror})") from error
+    return decode_image(data, str(path))
+
+
+def _check_image_name(name: str) -> None:
+    if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{name}: not a PNG/JPEG file (expected {', '.join(IMAGE_SUFFIXES)})")
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """The bytes of a PNG/JPEG file called ``name`` (a file, an upload) as a uint8 grey
+    (H, W) image; ValueError naming it otherwise."""
+    _check_image_name(name)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise ValueError(f"{path}: cannot be decoded as an image (corrupt or not a PNG/JPEG)")
+        raise ValueError(f"{name}: cannot be decoded as an image (corrupt or not a PNG/JPEG)")
     return image
 
 
@@ -85,6 +106,42 @@ def _head_class_set(class_names: Sequence[str]) -> ClassSet | None:
     """The registered class set of these names if it has a head to measure."""
     class_set = class_set_for(class_names)
     return class_set if class_set is not None and class_set.head_labels else None
+
+
+def predict_biometry(
+    model: RestoredModel,
+    image: np.ndarray,
+    *,
+    pixel_size_mm: PixelSize = None,
+    tta_flip: bool = False,
+    rules: Mapping[str, Sequence[str]] | None = None,
+    robust_biometry: bool = False,
+) -> tuple[np.ndarray, Biometry | None]:
+    """Labels (H, W) of one uint8 grey image and their biometry (None: no head found, or a
+    class set without a head); apart from ``predict_image`` for callers that draw their own
+    overlay (the viewer)."""
+    labels = predict_labels(
+        model.net,
+        image,
+        model.image_size,
+        tta_flip=tta_flip,
+        rules=rules,
+        class_names=model.class_names,
+    )
+    return labels, measure_labels(labels, model.class_names, pixel_size_mm, robust=robust_biometry)
+
+
+def measure_labels(
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    pixel_size_mm: PixelSize = None,
+    *,
+    robust: bool = False,
+) -> Biometry | None:
+    """The biometry of a label map of these classes: None when it has no head, or when the
+    class set has no head to measure."""
+    class_set = _head_class_set(class_names)
+    return class_set and measure_class_set(labels, class_set, pixel_size_mm, robust=robust)
 
 
 def predict_image(
@@ -97,17 +154,13 @@ def predict_image(
     robust_biometry: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Labels (H, W), the RGB overlay and the biometry columns of one uint8 grey image."""
-    labels = predict_labels(
-        model.net,
+    labels, biometry = predict_biometry(
+        model,
         image,
-        model.image_size,
+        pixel_size_mm=pixel_size_mm,
         tta_flip=tta_flip,
         rules=rules,
-        class_names=model.class_names,
-    )
-    class_set = _head_class_set(model.class_names)
-    biometry = class_set and measure_class_set(
-        labels, class_set, pixel_size_mm, robust=robust_biometry
+        robust_biometry=robust_biometry,
     )
     overlay = biometry_overlay(image, labels, model.class_names, biometry, pixel_size_mm)
     values = biometry.as_row() if biometry else {}

@@ -131,6 +131,21 @@ def draw_head_ellipse(
     return rgb
 
 
+def draw_markers(
+    rgb: np.ndarray, points: Sequence[tuple[float, float]], colours: Sequence[RGB]
+) -> np.ndarray:
+    """A ringed cross at each (x, y) point in its colour, outlined in black so it shows on
+    any class colour (the viewer's quiz: where a student clicked); in place, returned."""
+    scale, _ = _text_scale(rgb)
+    size = max(int(round(8 * scale)), 4)
+    for (x, y), colour in zip(points, colours, strict=True):
+        centre = (int(round(x)), int(round(y)))
+        for ink, width in (((0, 0, 0), 4), (colour, 2)):
+            cv2.drawMarker(rgb, centre, ink, cv2.MARKER_CROSS, 2 * size, width, cv2.LINE_AA)
+            cv2.circle(rgb, centre, size, ink, width, cv2.LINE_AA)
+    return rgb
+
+
 def biometry_lines(biometry: Biometry) -> list[str]:
     """The measured values as short text lines (what an overlay shows)."""
     head, units = biometry.head, biometry.head.units

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint train bench-data clean
+.PHONY: install test test-all lint train bench-data clean viewer viewer-check chromium
 
 install: $(STAMP)
 
@@ -12,13 +12,13 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,viewer]'
 	touch $(STAMP)
 
 test: install
 	$(BIN)/pytest
 
-test-all: install
+test-all: install chromium
 	$(BIN)/pytest -m ''
 
 lint: install
@@ -31,6 +31,21 @@ train: install
 
 bench-data: install
 	$(BIN)/python -m src.bench_data
+
+# The viewer on http://127.0.0.1:8501 (Ctrl+C stops it):
+#   make viewer ARGS="ckpt_path=<file.ckpt> [run_dir=<evaluated run>] [data overrides]"
+viewer: install
+	@test -n "$(ARGS)" || { echo 'usage: make viewer ARGS="ckpt_path=<file.ckpt> [run_dir=...]"'; exit 2; }
+	$(BIN)/python -m src.viewer $(ARGS)
+
+# Every viewer page served and loaded in headless Chromium; screenshots in outputs/viewer-check/.
+viewer-check: install chromium
+	SONOSEG_SCREENSHOTS=outputs/viewer-check $(BIN)/pytest -m slow tests/test_viewer_app.py
+
+# Debian's chromium for the browser test (never a browser download at run time).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -28,11 +28,12 @@ from src.eval import evaluate_checkpoint
 from src.evaluation.checkpoint import checkpoint_payload
 from src.evaluation.evaluate import read_original
 from src.viewer import viewer_settings
-from src.viewer_app import logic
-from src.viewer_app.browser import Browser, find_chromium
+from src.viewer_app import logic, timing
 
 pytest.importorskip("streamlit", reason="the viewer's extra: pip install -e '.[viewer]'")
 from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from src.viewer_app.browser import Browser, find_chromium  # noqa: E402  (websockets)
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "src" / "viewer_app" / "app.py"
@@ -198,6 +199,11 @@ def test_a_bad_upload_is_named_in_the_page(monkeypatch, bright_ckpt, name, data,
     assert not at.image and not at.metric
 
 
+def _text_file(path: Path) -> Path:
+    path.write_text("not a checkpoint")
+    return path
+
+
 def _lightning_checkpoint_without_payload(path: Path) -> Path:
     torch.save({"state_dict": {"net.weight": torch.zeros(1)}}, path)
     return path
@@ -220,12 +226,7 @@ def _three_channel_checkpoint(path: Path) -> Path:
     "make, message",
     [
         (lambda folder: folder / "missing.ckpt", "not found"),
-        (
-            lambda folder: (
-                (folder / "notes.ckpt").write_text("not a checkpoint") and folder / "notes.ckpt"
-            ),
-            "cannot be read as a torch checkpoint",
-        ),
+        (lambda folder: _text_file(folder / "notes.ckpt"), "cannot be read as a torch checkpoint"),
         (
             lambda folder: _lightning_checkpoint_without_payload(folder / "plain.ckpt"),
             "has no 'sonoseg' entry",
@@ -331,6 +332,17 @@ def test_compare_page_shows_two_runs_side_by_side(monkeypatch, settings_json):
     at.text_area(key="compare_folders").set_value("/no/such/run").run()
     _no_traceback(at)
     assert "no such folder" in _errors(at)
+
+
+def test_timing_prints_the_seconds_per_scan(bright_ckpt, tmp_path, capsys):
+    (tmp_path / "scan.png").write_bytes(_scan_png())
+    timing.main([str(bright_ckpt), str(tmp_path), "--repeats", "2", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert re.fullmatch(
+        r"2 predictions at 32 x 48 px on 1 CPU thread\(s\): median \d+\.\d{3} s, slowest "
+        r"\d+\.\d{3} s per scan\n",
+        printed,
+    ), printed
 
 
 # ---------------------------------------------------------------------------- real browser

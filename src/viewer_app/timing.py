@@ -1,0 +1,62 @@
+"""How long the viewer takes to predict one scan on the CPU, as its Scan page does
+(``src.predict.predict_biometry``: the scan resized to the checkpoint's training resolution,
+the network, the logits back at the scan's size, argmax, head biometry):
+
+    python -m src.viewer_app.timing <file.ckpt> <image or folder> [--repeats 5] [--threads N]
+
+Prints the median and the slowest time per scan after one warm-up prediction. A figure to
+state, not a test: timings depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.evaluation.checkpoint import RestoredModel, load_model
+from src.predict import list_inputs, predict_biometry, read_image
+
+
+def seconds_per_scan(
+    model: RestoredModel, scans: Sequence[np.ndarray], repeats: int
+) -> list[float]:
+    """Seconds of each prediction: every scan ``repeats`` times, after one warm-up (the
+    first call allocates and picks kernels)."""
+    predict_biometry(model, scans[0])
+    timings = []
+    for scan in scans:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predict_biometry(model, scan)
+            timings.append(time.perf_counter() - start)
+    return timings
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ckpt_path", type=Path)
+    parser.add_argument("input", type=Path, help="a PNG/JPEG scan, or a folder of them")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.ckpt_path, map_location="cpu")
+    scans = [read_image(path) for path in list_inputs(args.input)]
+    timings = seconds_per_scan(model, scans, args.repeats)
+    height, width = model.image_size
+    print(
+        f"{len(timings)} predictions at {height} x {width} px on {torch.get_num_threads()} CPU "
+        f"thread(s): median {statistics.median(timings):.3f} s, slowest {max(timings):.3f} s "
+        "per scan"
+    )
+
+
+if __name__ == "__main__":
+    main()

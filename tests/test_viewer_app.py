@@ -339,8 +339,8 @@ def test_timing_prints_the_seconds_per_scan(bright_ckpt, tmp_path, capsys):
     timing.main([str(bright_ckpt), str(tmp_path), "--repeats", "2", "--threads", "1"])
     printed = capsys.readouterr().out
     assert re.fullmatch(
-        r"2 predictions at 32 x 48 px on 1 CPU thread\(s\): median \d+\.\d{3} s, slowest "
-        r"\d+\.\d{3} s per scan\n",
+        r"2 predictions at 32 x 48 px on 1 CPU thread\(s\): median \d+\.\d{3} s wall-clock "
+        r"\(\d+\.\d{3} s CPU time\), slowest \d+\.\d{3} s per scan\n",
         printed,
     ), printed
 

@@ -27,7 +27,7 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser")
 # True when a Streamlit page has finished drawing: its script is not running, no element is
 # still a loading placeholder, and every image has loaded.
 _DRAWN = """
-!document.querySelector('[data-testid=stStatusWidgetRunningIcon]')
+document.querySelector('[data-testid=stApp]')?.dataset.testScriptState === 'notRunning'
 && !document.querySelector('[data-testid=stSkeleton]')
 && [...document.images].every(image => image.complete && image.naturalWidth > 0)
 """

@@ -136,14 +136,22 @@ if quiz:
         guesses.clear()
         st.rerun()
 
-marks = ([guesses[n] for n in guesses], [colours[names.index(n)] for n in guesses])
-predicted_rgb = ui.overlay(image, labels, names, biometry, pixel, hidden, alpha)
-panels = [("prediction", draw_markers(predicted_rgb, *marks) if quiz else predicted_rgb)]
+
+def with_clicks(rgb: np.ndarray) -> np.ndarray:
+    """The quiz's clicks drawn on an overlay once revealed."""
+    if not quiz:
+        return rgb
+    return draw_markers(rgb, list(guesses.values()), [colours[names.index(n)] for n in guesses])
+
+
+panels = [
+    ("prediction", with_clicks(ui.overlay(image, labels, names, biometry, pixel, hidden, alpha)))
+]
 truth_biometry = None
 if truth is not None:
     truth_biometry = measure_labels(truth, names, pixel)
     truth_rgb = ui.overlay(image, truth, names, truth_biometry, pixel, hidden, alpha)
-    panels.append(("true outline", draw_markers(truth_rgb, *marks) if quiz else truth_rgb))
+    panels.append(("true outline", with_clicks(truth_rgb)))
 for column, (caption, rgb) in zip(st.columns(len(panels)), panels, strict=True):
     column.image(rgb, caption=caption, width="stretch")
 st.caption(
@@ -155,7 +163,7 @@ st.caption(
 
 st.subheader("Biometry")
 if biometry is None:
-    st.warning("No head found in the prediction: nothing to measure.")
+    st.warning("No head measured in the prediction.")
 else:
     head = biometry.head
     for column, (name, value) in zip(

@@ -35,6 +35,7 @@ import itertools
 import json
 import math
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -462,7 +463,12 @@ def plot_scores(report: Report, path: Path) -> None:
     table = report.table
     x = np.arange(len(table))
     width = 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(table) * len(bars) / 2), 4.5))
+    # One override per line, long ones (paths) wrapped, so every label fits under its bars.
+    labels = ["\n".join(textwrap.fill(part, 28) for part in s.split(", ")) for s in table.index]
+    label_lines = max(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 1.2 * len(table) * len(bars) / 2), 3.5 + 0.2 * label_lines)
+    )
     colours = plt.get_cmap("tab10").colors
     for i, (column, name) in enumerate(zip(bars, names, strict=True)):
         colour = "0.5" if name == "mean" else colours[i % len(colours)]
@@ -475,7 +481,7 @@ def plot_scores(report: Report, path: Path) -> None:
             color=colour,
             label=name,
         )
-    ax.set_xticks(x, table.index, rotation=20, ha="right")
+    ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test Dice (mean ± std over folds)")
     ax.legend(ncols=len(bars), loc="upper center", bbox_to_anchor=(0.5, 1.12), frameon=False)

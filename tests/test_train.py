@@ -22,7 +22,12 @@ from src.lit.segmentation import SegmentationModule
 from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+# diconvae_* are src.train_denoiser's experiments (tests/test_denoise_train.py runs them).
+EXPERIMENTS = sorted(
+    p.stem
+    for p in (ROOT / "conf" / "experiment").glob("*.yaml")
+    if not p.stem.startswith("diconvae_")
+)
 # Experiments whose data is not the phantom's layout, or a part of it too small for 5 folds.
 EXPERIMENT_DATA = {
     "hc18_unet": [f"data.root={ROOT / 'tests' / 'data' / 'hc18'}", "data.n_folds=3"],

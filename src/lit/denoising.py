@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.denoise.metrics import DenoisingQuality
 from src.evaluation.checkpoint import DENOISER_PAYLOAD_KEY, denoiser_payload
-from src.lit.segmentation import gathered_ids, optimizers_config
+from src.lit.segmentation import gathered_ids, log_training_loss, optimizers_config
 
 _LOSS_PREFIX = "loss."  # the module keeps its loss as ``self.loss``
 
@@ -73,16 +73,7 @@ class DenoisingModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss_and_output(batch)
-        self.log(
-            "train/loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(batch["image"]),
-            sync_dist=True,
-        )
-        return loss
+        return log_training_loss(self, loss, len(batch["image"]))
 
     def _evaluate(self, stage: str, batch: dict, quality: DenoisingQuality) -> None:
         loss, output = self._loss_and_output(batch)

@@ -100,16 +100,7 @@ class SegmentationModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss_and_logits(batch)
-        self.log(
-            "train/loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(batch["image"]),
-            sync_dist=True,
-        )
-        return loss
+        return log_training_loss(self, loss, len(batch["image"]))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, logits = self._loss_and_logits(batch)
@@ -153,6 +144,23 @@ class SegmentationModule(pl.LightningModule):
         return optimizers_config(
             self, self.optimizer_factory, self.scheduler_factory, self.hparams.scheduler_monitor
         )
+
+
+def log_training_loss(
+    module: pl.LightningModule, loss: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``train/loss`` per step and per epoch (averaged over all processes under DDP), as every
+    module of this project logs it; returns ``loss`` for ``training_step``."""
+    module.log(
+        "train/loss",
+        loss,
+        on_step=True,
+        on_epoch=True,
+        prog_bar=True,
+        batch_size=batch_size,
+        sync_dist=True,
+    )
+    return loss
 
 
 def gathered_ids(trainer: pl.Trainer, ids: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -163,8 +164,13 @@ def test_wandb_logs_offline_with_the_resolved_config(data_overrides, tmp_path, m
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert wandb.run is None  # finished, not left dangling
-    # Offline runs keep their config inside the run's record file until synced.
-    record = next(runs[0].glob("run-*.wandb")).read_bytes()
+    # Offline runs keep their config inside the run's record file until synced. W&B's service
+    # process may still be flushing it when finish() returns (seen under load): wait for it.
+    record_path = next(runs[0].glob("run-*.wandb"))
+    deadline = time.monotonic() + 60
+    while b"train_transform" not in record_path.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    record = record_path.read_bytes()
     assert b"base_channels" in record and b"train_transform" in record
 
 

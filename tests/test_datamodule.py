@@ -411,3 +411,25 @@ def test_two_processes_preparing_the_same_fresh_root_build_once_and_both_train(t
     # Generated, prepared and cached once; the other process waited, then reused them.
     assert (count("data root"), count("preparing"), count("caching")) == (1, 1, 1), logs
     assert count("waiting for another process") >= 1, logs
+
+
+def test_the_default_config_generates_its_phantom_through_the_configured_generator(tmp_path):
+    """data=phantom hands src.synthetic's writer to the DataModule as a partial (the loader
+    imports no phantom code); composed and instantiated as a run does, it generates once."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.data_dir={tmp_path}",
+                f"paths.output_dir={tmp_path / 'run'}",
+                "data.synthetic.generate.n_subjects=3",
+                "data.synthetic.generate.size=[96,66]",
+                "data.image_size=[32,48]",
+                "data.n_folds=3",
+            ],
+        )
+    dm = hydra.utils.instantiate(cfg.data)
+    assert isinstance(dm.synthetic["generate"], functools.partial)
+    ready(dm)
+    heads = (tmp_path / "phantom" / "phantom_truth" / "heads.csv").read_text().splitlines()
+    assert len(heads) - 1 == sum(len(dm.splits[s]) for s in ("train", "val", "test"))

@@ -148,9 +148,9 @@ def read_index(prepared_dir: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{index_path} not found: {prepared_dir} is not a prepared dir")
     rows = pd.read_csv(
         index_path,
-        dtype={"image": str, "mask": str, "subject": str, "plane": str},
+        dtype={"image": str, "mask": str, "subject": str},
         keep_default_na=False,
-        na_values={"pixel_size_mm": [""], "hc_mm": [""]},
+        na_values={"pixel_size_mm": [""]},
     )
     missing = [c for c in INDEX_COLUMNS if c not in rows.columns]
     if missing:

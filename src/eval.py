@@ -49,6 +49,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             f"{restored.checkpoint_path} was trained on classes {restored.class_names}, the "
             f"data config has {tuple(datamodule.class_names)}"
         )
+    if datamodule.in_channels != restored.in_channels:
+        raise ValueError(
+            f"{restored.checkpoint_path} takes {restored.in_channels} input channel(s), the "
+            f"data config's images have {datamodule.in_channels}"
+        )
     datamodule.prepare_data()
     datamodule.setup()
     splits = SPLIT_NAMES if cfg.split == "all" else (cfg.split,)
@@ -67,6 +72,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         else setting,
         validation_rows=datamodule.split_rows("val"),
         strata_column=datamodule.stratify_column,
+        in_channels=datamodule.in_channels,
     )
     summary = evaluation_summary(
         result,

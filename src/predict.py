@@ -39,7 +39,9 @@ from src.biometry import (
     PixelSize,
     measure_class_set,
 )
+from src.data import images
 from src.data.classes import ClassSet, class_set_for
+from src.data.images import FILE_CHANNELS
 from src.data.prepared import check_replaceable, replace_dir
 from src.data.readers.hc18 import PIXEL_SIZE, SUBMISSION_CSV, read_pixel_csv, write_submission
 from src.evaluation.checkpoint import RestoredModel, load_ensemble
@@ -77,14 +79,11 @@ def list_inputs(input_path: str | Path) -> list[Path]:
     return files
 
 
-def read_image(path: Path) -> np.ndarray:
-    """A PNG/JPEG file as a uint8 grey (H, W) image; ValueError naming the file otherwise."""
+def read_image(path: Path, in_channels: int = 1) -> np.ndarray:
+    """A PNG/JPEG file as a uint8 grey (H, W) or RGB (H, W, 3) image (``in_channels``, the
+    model's); ValueError naming the file otherwise."""
     _check_image_name(str(path))
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ValueError(f"{path}: cannot be read ({error.strerror})") from error
-    return decode_image(data, str(path))
+    return images.read_image(path, in_channels)
 
 
 def _check_image_name(name: str) -> None:
@@ -92,14 +91,11 @@ def _check_image_name(name: str) -> None:
         raise ValueError(f"{name}: not a PNG/JPEG file (expected {', '.join(IMAGE_SUFFIXES)})")
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
+def decode_image(data: bytes, name: str, in_channels: int = 1) -> np.ndarray:
     """The bytes of a PNG/JPEG file called ``name`` (a file, an upload) as a uint8 grey
-    (H, W) image; ValueError naming it otherwise."""
+    (H, W) or RGB (H, W, 3) image; ValueError naming it otherwise."""
     _check_image_name(name)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError(f"{name}: cannot be decoded as an image (corrupt or not a PNG/JPEG)")
-    return image
+    return images.decode_image(data, name, in_channels)
 
 
 def _head_class_set(class_names: Sequence[str]) -> ClassSet | None:
@@ -187,10 +183,10 @@ def predict_files(
         raise ValueError("give pixel_size_mm or a pixel-size CSV, not both")
     out_dir = Path(out_dir)
     check_replaceable(out_dir, overwrite, [BIOMETRY_CSV], PREDICTION_KIND)
-    if model.in_channels != 1:
+    if model.in_channels not in FILE_CHANNELS:
         raise ValueError(
             f"{model.checkpoint_path}: the model takes {model.in_channels} input channels; "
-            "src.predict feeds grey images (1 channel)"
+            "src.predict reads grey (1) or RGB (3) image files"
         )
     if _head_class_set(model.class_names) is None:
         log.warning("classes %s have no head to measure: no biometry", model.class_names)
@@ -213,7 +209,7 @@ def predict_files(
                 if pixel_sizes is not None and path.name not in pixel_sizes:
                     raise ValueError(f"{path}: not listed in the pixel-size CSV")
                 size = pixel_sizes[path.name] if pixel_sizes is not None else pixel_size_mm
-                image = read_image(path)
+                image = read_image(path, model.in_channels)
             except ValueError as error:
                 log.error("skipped %s", error)
                 report.skipped[str(path)] = str(error)

@@ -153,6 +153,7 @@ def test_best_checkpoint(
         else settings.postprocess,
         validation_rows=datamodule.split_rows("val"),
         strata_column=datamodule.stratify_column,
+        in_channels=datamodule.in_channels,
     )
     summary = evaluation_summary(
         result,

@@ -14,23 +14,29 @@ from scipy import ndimage
 from src.data import cache
 from src.data.cache import build_cache, cache_dir_for, open_cache, resize_image, resize_mask
 from src.data.prepared import build_dir_atomically
+from src.denoise.classical import Median
 
 NUM_CLASSES = 4
 
 
 def write_prepared_dir(
-    out: Path, rows: list[tuple[str, str]], size: tuple[int, int] = (40, 48), seed: int = 0
+    out: Path,
+    rows: list[tuple[str, str]],
+    size: tuple[int, int] = (40, 48),
+    seed: int = 0,
+    channels: int = 1,
 ) -> Path:
-    """A prepared dir as ``prepare_dataset`` writes it: one random image + label map per
-    ``(subject, plane)`` row, ``size`` = (height, width)."""
+    """A prepared dir as ``prepare_dataset`` writes it: one random image (grey, or RGB for
+    ``channels=3``) + label map per ``(subject, plane)`` row, ``size`` = (height, width)."""
     rng = np.random.default_rng(seed)
     records = []
+    image_shape = size if channels == 1 else (*size, channels)
     for n, (subject, plane) in enumerate(rows):
         stem = f"{subject}_{plane}_{n}"
         image_rel, mask_rel = f"images/{plane}/{stem}.png", f"masks/{plane}/{stem}.png"
         for rel in (image_rel, mask_rel):
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(out / image_rel)
+        Image.fromarray(rng.integers(0, 256, image_shape, dtype=np.uint8)).save(out / image_rel)
         Image.fromarray(rng.integers(0, NUM_CLASSES, size, dtype=np.uint8)).save(out / mask_rel)
         records.append(
             {
@@ -79,6 +85,24 @@ def test_cached_arrays_equal_the_resized_pngs(prepared, image_size, image_interp
         )
         np.testing.assert_array_equal(images[row], expected_image)
         np.testing.assert_array_equal(masks[row], expected_mask)
+
+
+def test_rgb_images_are_cached_channels_last_in_rgb_order(tmp_path, prepared):
+    """PIL reads RGB order, as the network must see it (OpenCV alone would give BGR)."""
+    rgb = write_prepared_dir(tmp_path / "rgb", [(f"P{i}", "tt") for i in range(3)], channels=3)
+    images, masks, ids = open_cache(build_cache(rgb, (20, 24), num_classes=4, in_channels=3))
+    assert images.shape == (3, 20, 24, 3) and masks.shape == (3, 20, 24)
+    for row, image_rel in enumerate(ids):
+        expected = cv2.resize(read_png(rgb / image_rel), (24, 20), interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(images[row], expected)
+    # One prepared dir read with other channels is another cache; grey keeps its old key.
+    assert cache_dir_for(prepared, (20, 24), None, 3) != cache_dir_for(prepared, (20, 24))
+
+
+def test_a_denoising_filter_on_rgb_images_is_refused(tmp_path):
+    rgb = write_prepared_dir(tmp_path / "rgb", [("P0", "tt")], channels=3)
+    with pytest.raises(ValueError, match="take grey images; these have 3 channels"):
+        build_cache(rgb, (20, 24), num_classes=4, in_channels=3, denoise=Median())
 
 
 def test_cache_is_built_once_and_rebuilt_for_a_new_resolution(prepared, monkeypatch):

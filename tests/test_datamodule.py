@@ -181,6 +181,41 @@ def test_val_and_test_batches_are_the_cached_arrays_unchanged(tmp_path):
     assert list(batch["id"]) == list(dm.splits.test[:4])  # not shuffled
 
 
+class RGBReader(FetalHeadReader):
+    """The fetal head reader's classes with RGB images: a 3-channel dataset's shape."""
+
+    in_channels = 3
+
+
+def test_rgb_images_come_out_as_channels_first_batches_through_augmentation(tmp_path):
+    dm = fetal_head_data(
+        root=tmp_path / "raw",
+        cache_dir=tmp_path / "prepared",
+        reader=RGBReader(),
+        in_channels=3,
+        image_size=(32, 24),
+        batch_size=4,
+        n_folds=3,
+        train_transform=augmentation("strong"),
+    )
+    (tmp_path / "raw").mkdir()
+    write_prepared_dir(dm.prepared_dir, ROWS, channels=3)
+    write_source_record(dm.prepared_dir, source_record(dm.root, dm.reader.name, dm.reader.version))
+    ready(dm)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 24) and batch["mask"].shape == (4, 32, 24)
+    assert batch["image"].min() >= 0.0 and batch["image"].max() <= 1.0
+    test = next(iter(dm.test_dataloader()))  # unaugmented: the RGB PNG, channel by channel
+    rgb = cv2.cvtColor(cv2.imread(str(dm.prepared_dir / test["id"][0])), cv2.COLOR_BGR2RGB)
+    expected = cv2.resize(rgb, (24, 32), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+    np.testing.assert_array_equal((test["image"][0] * 255).round().byte().numpy(), expected)
+
+
+def test_in_channels_other_than_the_readers_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"data.in_channels=3.*has 1 input channel"):
+        fetal_head_data(root=tmp_path, cache_dir=tmp_path, in_channels=3)
+
+
 def test_loaders_shuffle_only_training_and_drop_last_only_when_it_leaves_a_batch(tmp_path):
     dm = ready(fake_datamodule(tmp_path, batch_size=4))
     train, val, test = dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from src.data.images import read_image
 from src.data.prepared import build_dir_atomically, locked, read_index
 from src.denoise.classical import ClassicalFilter
 
@@ -36,12 +37,18 @@ IDS_FILE = "ids.json"  # image paths in row order
 
 
 def cache_dir_for(
-    prepared_dir: Path, image_size: tuple[int, int], denoise: ClassicalFilter | None = None
+    prepared_dir: Path,
+    image_size: tuple[int, int],
+    denoise: ClassicalFilter | None = None,
+    in_channels: int = 1,
 ) -> Path:
-    """``<prepared>/cache/<H>x<W>[-<filter>]-<hash of format version, resolution, the
-    denoising filter's cache key and index.csv>``: each filter setting has its own cache."""
+    """``<prepared>/cache/<H>x<W>[-<filter>]-<hash of format version, resolution, channels,
+    the denoising filter's cache key and index.csv>``: each filter setting has its own cache.
+    (Grey caches keep the key they had before channels existed.)"""
     height, width = image_size
     key = f"v{CACHE_FORMAT_VERSION}:{height}x{width}:"
+    if in_channels != 1:
+        key += f"c{in_channels}:"
     if denoise is not None:
         key += f"{denoise.cache_key}:"
     digest = hashlib.sha256(key.encode())
@@ -51,11 +58,13 @@ def cache_dir_for(
 
 
 def resize_image(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """Area interpolation when shrinking (no aliasing of speckle), linear when enlarging."""
+    """Area interpolation when shrinking (no aliasing of speckle), linear when enlarging.
+    (H, W) stays (H, W), (H, W, C) stays (H, W, C) (OpenCV would drop a channel axis of 1)."""
     height, width = image_size
     shrinking = height <= image.shape[0] and width <= image.shape[1]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interpolation)
+    resized = cv2.resize(image, (width, height), interpolation=interpolation)
+    return resized[..., None] if image.ndim == 3 and resized.ndim == 2 else resized
 
 
 def resize_mask(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
@@ -66,12 +75,16 @@ def resize_mask(mask: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
 
 
 def load_resized(
-    image_path: Path, mask_path: Path, image_size: tuple[int, int], *, num_classes: int
+    image_path: Path,
+    mask_path: Path,
+    image_size: tuple[int, int],
+    *,
+    num_classes: int,
+    in_channels: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one image (8-bit gray) and its label mask, check them, resize both."""
-    image = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError(f"cannot decode image {image_path}")
+    """Decode one image (uint8 (H, W) grey or (H, W, C), ``src.data.images``) and its label
+    mask, check them, resize both."""
+    image = read_image(image_path, in_channels)
     mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise ValueError(f"cannot decode mask {mask_path}")
@@ -80,7 +93,7 @@ def load_resized(
             f"mask {mask_path} is {mask.dtype} with shape {mask.shape}; "
             "expected a single-channel uint8 label map"
         )
-    if mask.shape != image.shape:
+    if mask.shape != image.shape[:2]:
         raise ValueError(
             f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
             f"is {image.shape[1]}x{image.shape[0]}"
@@ -99,10 +112,13 @@ def _write_arrays(
     image_size: tuple[int, int],
     num_classes: int,
     denoise: ClassicalFilter | None,
+    in_channels: int,
 ) -> None:
     out_dir.mkdir()
     shape = (len(rows), *image_size)
-    images = np.lib.format.open_memmap(out_dir / IMAGES_FILE, "w+", np.uint8, shape)
+    # Grey: (N, H, W) as ever; C channels: (N, H, W, C), channels last as the transforms take.
+    image_shape = shape if in_channels == 1 else (*shape, in_channels)
+    images = np.lib.format.open_memmap(out_dir / IMAGES_FILE, "w+", np.uint8, image_shape)
     masks = np.lib.format.open_memmap(out_dir / MASKS_FILE, "w+", np.uint8, shape)
 
     def fill(row: int) -> None:
@@ -111,6 +127,7 @@ def _write_arrays(
             prepared_dir / rows["mask"].iat[row],
             image_size,
             num_classes=num_classes,
+            in_channels=in_channels,
         )
         # Denoised once here, at the network's input size, so it costs nothing per epoch;
         # src.denoise.prestage.FilterLayer repeats it at eval/predict time.
@@ -130,13 +147,19 @@ def build_cache(
     *,
     num_classes: int,
     denoise: ClassicalFilter | None = None,
+    in_channels: int = 1,
 ) -> Path:
     """The cache folder for this resolution (and denoising filter, applied to every resized
-    image), built on first use (atomically, under a lock) and reused after."""
+    image; grey images only), built on first use (atomically, under a lock) and reused after."""
     prepared_dir = Path(prepared_dir)
     image_size = (int(image_size[0]), int(image_size[1]))
+    if denoise is not None and in_channels != 1:
+        raise ValueError(
+            f"denoising filter {denoise.name}: the despeckling filters take grey images; "
+            f"these have {in_channels} channels (use denoiser=none)"
+        )
     rows = read_index(prepared_dir)
-    target = cache_dir_for(prepared_dir, image_size, denoise)
+    target = cache_dir_for(prepared_dir, image_size, denoise, in_channels)
     with locked(target):
         if target.is_dir():  # complete: it was renamed into place after the build
             return target
@@ -149,12 +172,15 @@ def build_cache(
         )
         return build_dir_atomically(
             target,
-            lambda out: _write_arrays(out, prepared_dir, rows, image_size, num_classes, denoise),
+            lambda out: _write_arrays(
+                out, prepared_dir, rows, image_size, num_classes, denoise, in_channels
+            ),
         )
 
 
 def open_cache(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read-only memory maps of images and masks (N, H, W) uint8, and the image ids in row order."""
+    """Read-only memory maps of images (N, H, W) or (N, H, W, C) and masks (N, H, W) uint8,
+    and the image ids in row order."""
     ids_path = Path(cache_dir) / IDS_FILE
     if not ids_path.is_file():
         raise FileNotFoundError(

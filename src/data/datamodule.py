@@ -26,6 +26,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.cache import build_cache, cache_dir_for, open_cache
+from src.data.images import image_tensor
 from src.data.prepared import Reader, build_dir_atomically, locked, read_index, why_outdated
 from src.data.splits import SPLIT_NAMES, Splits, make_splits, read_splits
 from src.denoise.classical import ClassicalFilter
@@ -37,14 +38,15 @@ SYNTHETIC_KEYS = ("root", "generate")
 
 
 def to_sample(image: np.ndarray, mask: np.ndarray, image_id: str) -> dict:
-    """uint8 (H, W) image and label map -> the batch item: float [0, 1] (1, H, W), int64 (H, W)."""
-    if image.dtype != np.uint8 or image.ndim != 2:
+    """uint8 (H, W) or channels-last (H, W, C) image and label map -> the batch item:
+    float [0, 1] (1, H, W) or (C, H, W), int64 (H, W)."""
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(
-            f"{image_id}: expected a uint8 (H, W) image after the transform, "
+            f"{image_id}: expected a uint8 (H, W) or (H, W, C) image after the transform, "
             f"got {image.dtype} {image.shape}"
         )
     return {
-        "image": torch.from_numpy(image).unsqueeze(0).float().div_(255.0),
+        "image": image_tensor(image),
         "mask": torch.from_numpy(mask.astype(np.int64)),
         "id": image_id,
     }
@@ -99,7 +101,8 @@ class CachedSegmentationDataset(Dataset):
 
 
 class SegmentationDataModule(pl.LightningDataModule):
-    """Segmentation data: batches of ``image`` (B, 1, H, W) float32 in [0, 1], ``mask``
+    """Segmentation data: batches of ``image`` (B, C, H, W) float32 in [0, 1] (C: the
+    reader's ``in_channels``), ``mask``
     (B, H, W) int64 labels of the reader's class set, ``id`` (list of index.csv image paths).
 
     ``root`` is the data as downloaded and ``reader`` turns it into a prepared copy in
@@ -136,6 +139,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         in_channels: int = 1,
         num_classes: int | None = None,
         denoise: ClassicalFilter | None = None,
+        volume_column: str | None = None,
+        slice_column: str | None = None,
     ):
         super().__init__()
         self.reader = reader
@@ -143,12 +148,17 @@ class SegmentationDataModule(pl.LightningDataModule):
         # Written once in the data config and interpolated by the model config; checked here
         # so a wrong override fails before a network of the wrong shape is built.
         expected = self.class_set.num_classes
-        if in_channels != 1 or num_classes not in (None, expected):
+        if in_channels != reader.in_channels or num_classes not in (None, expected):
             raise ValueError(
                 f"data.in_channels={in_channels}, data.num_classes={num_classes}: the "
-                f"{reader.name} data has 1 input channel (grayscale) and {expected} classes "
-                f"{self.class_set.names}"
+                f"{reader.name} data has {reader.in_channels} input channel(s) and {expected} "
+                f"classes {self.class_set.names}"
             )
+        self.in_channels = in_channels
+        # index.csv columns naming a slice's volume (patient, case-day) and its position in
+        # it: per-volume metrics and neighbouring-slice context use them; None: 2D images.
+        self.volume_column = volume_column
+        self.slice_column = slice_column
         if len(image_size) != 2:
             raise ValueError(f"data.image_size must be [height, width], got {list(image_size)}")
         self.root = Path(root)
@@ -212,7 +222,11 @@ class SegmentationDataModule(pl.LightningDataModule):
                     log.info("preparing %s into %s", self.root, self.prepared_dir)
                 self.reader.prepare(self.root, self.prepared_dir, overwrite=exists)
         build_cache(
-            self.prepared_dir, self.image_size, num_classes=self.num_classes, denoise=self.denoise
+            self.prepared_dir,
+            self.image_size,
+            num_classes=self.num_classes,
+            denoise=self.denoise,
+            in_channels=self.in_channels,
         )
 
     def _generate_synthetic(self) -> None:
@@ -268,7 +282,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.splits_out is not None:
             self._write_splits()
 
-        cache_dir = cache_dir_for(self.prepared_dir, self.image_size, self.denoise)
+        cache_dir = cache_dir_for(
+            self.prepared_dir, self.image_size, self.denoise, self.in_channels
+        )
         _, _, cached_ids = open_cache(cache_dir)
         row_of = {image: row for row, image in enumerate(cached_ids)}
         self._rows = rows.set_index("image", drop=False)

@@ -2,7 +2,7 @@
 
 A reader turns a raw layout into::
 
-    OUT/images/...             8-bit images (grey)
+    OUT/images/...             8-bit images (grey, or RGB for a reader with in_channels=3)
     OUT/masks/...              uint8 label maps (label ids of the dataset's class set)
     OUT/index.csv              INDEX_COLUMNS, then the reader's own columns (plane, hc_mm, ...)
     OUT/prepare_report.json    what the reader read, skipped and ignored
@@ -51,6 +51,7 @@ class Reader(Protocol):
     version: int
     class_set: ClassSet
     columns: tuple[str, ...]  # index.csv columns beyond INDEX_COLUMNS
+    in_channels: int  # channels of its images: 1 grey, 3 RGB (src.data.images reads them)
 
     def prepare(self, raw_dir: Path, out_dir: Path, *, overwrite: bool = False) -> dict: ...
 

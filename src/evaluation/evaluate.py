@@ -20,6 +20,7 @@ from torch import nn
 
 from src.biometry import ELLIPSE_FIELDS, difference_stats, measure_class_set
 from src.data.classes import ClassSet, class_set_for
+from src.data.images import read_image
 from src.evaluation.inference import predict_labels
 from src.evaluation.postprocess import check_rules, postprocess
 from src.evaluation.surface import CASES, class_surface_distances
@@ -40,15 +41,18 @@ BIOMETRY_QUANTITIES = ("hc", "bpd", "ofd", "csp_width", "lv_width")
 REFERENCE_HC = "hc_mm"
 
 
-def read_original(prepared_dir: Path, row: Mapping) -> tuple[np.ndarray, np.ndarray]:
-    """The prepared image (uint8 gray) and label mask of an index.csv row, at original size."""
+def read_original(
+    prepared_dir: Path, row: Mapping, in_channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared image (uint8 (H, W) grey or (H, W, C), ``src.data.images``) and label mask
+    of an index.csv row, at original size."""
     image_path, mask_path = prepared_dir / row["image"], prepared_dir / row["mask"]
-    image = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)
+    image = read_image(image_path, in_channels)
     mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
-    if image is None or mask is None:
-        raise ValueError(f"cannot decode {image_path if image is None else mask_path}")
+    if mask is None:
+        raise ValueError(f"cannot decode {mask_path}")
     expected = (int(row["orig_height"]), int(row["orig_width"]))
-    if image.shape != expected or mask.shape != expected:
+    if image.shape[:2] != expected or mask.shape != expected:
         raise ValueError(
             f"{image_path}: image {image.shape} / mask {mask.shape} differ from index.csv's "
             f"orig_height x orig_width {expected}"
@@ -68,11 +72,12 @@ def predict_rows(
     image_size: tuple[int, int],
     *,
     tta_flip: bool,
+    in_channels: int = 1,
 ) -> list[tuple[dict, np.ndarray, np.ndarray]]:
     """(row, truth, raw prediction) per image, both at the original size."""
     predicted = []
     for row in rows.to_dict("records"):
-        image, truth = read_original(prepared_dir, row)
+        image, truth = read_original(prepared_dir, row, in_channels)
         labels = predict_labels(net, image, image_size, tta_flip=tta_flip)
         predicted.append((row, truth, labels))
     return predicted
@@ -347,6 +352,7 @@ def evaluate(
     validation_rows: pd.DataFrame | None = None,
     strata_column: str | None = None,
     robust_biometry: bool = False,
+    in_channels: int = 1,
 ) -> dict:
     """Predict ``rows`` at their original size, post-process, score. Returns ``rows`` (one
     dict per image, in the given order), the aggregates of ``summarize_rows``,
@@ -354,10 +360,20 @@ def evaluate(
     net.eval()
     validation = None
     if postprocess_setting == "auto" and validation_rows is not None and len(validation_rows):
-        validation = predict_rows(net, validation_rows, prepared_dir, image_size, tta_flip=tta_flip)
+        validation = predict_rows(
+            net,
+            validation_rows,
+            prepared_dir,
+            image_size,
+            tta_flip=tta_flip,
+            in_channels=in_channels,
+        )
     decision = resolve_postprocess(postprocess_setting, class_names, validation)
     scored = []
-    for row, truth, labels in predict_rows(net, rows, prepared_dir, image_size, tta_flip=tta_flip):
+    predicted = predict_rows(
+        net, rows, prepared_dir, image_size, tta_flip=tta_flip, in_channels=in_channels
+    )
+    for row, truth, labels in predicted:
         if decision["rules"]:
             labels = postprocess(labels, decision["rules"], class_names)
         scored.append(score_image(row, truth, labels, class_names, robust_biometry=robust_biometry))

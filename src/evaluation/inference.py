@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.data.cache import resize_image
+from src.data.images import image_tensor
 from src.evaluation.postprocess import postprocess
 
 
@@ -22,24 +23,25 @@ from src.evaluation.postprocess import postprocess
 def predict_logits(
     net: nn.Module, image: np.ndarray, image_size: tuple[int, int], *, tta_flip: bool = False
 ) -> torch.Tensor:
-    """float32 logits (C, H, W) for a uint8 (H, W) image, at its original H x W.
+    """float32 logits (K, H, W) for a uint8 (H, W) grey or (H, W, C) image, at its original
+    H x W.
 
     ``tta_flip``: the mean of the logits of the image and of its horizontal flip (flipped
     back)."""
-    if image.dtype != np.uint8 or image.ndim != 2:
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(
-            f"expected a uint8 (H, W) grayscale image, got {image.dtype} {image.shape}"
+            f"expected a uint8 (H, W) or (H, W, C) image, got {image.dtype} {image.shape}"
         )
     device = next(net.parameters()).device
     resized = resize_image(image, tuple(image_size))
-    # Scaled to [0, 1] as src.data.datamodule.to_sample does for training batches.
-    batch = torch.from_numpy(resized).float().div_(255.0)[None, None].to(device)
+    # Scaled and laid out as src.data.datamodule.to_sample does for training batches.
+    batch = image_tensor(resized)[None].to(device)
     if tta_flip:
         batch = torch.cat([batch, batch.flip(-1)])
     logits = net(batch).float()
     if tta_flip:
         logits = (logits[:1] + logits[1:].flip(-1)) / 2
-    logits = F.interpolate(logits, size=image.shape, mode="bilinear", align_corners=False)
+    logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
     return logits[0].cpu()
 
 

@@ -171,8 +171,10 @@ def _class_names(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    """A (1, H, W) float [0, 1] sample image as uint8 (H, W)."""
-    return (image[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    """A (C, H, W) float [0, 1] sample image as uint8: (H, W, 3) for RGB, else its first
+    (or only) channel (H, W)."""
+    shown = image.permute(1, 2, 0) if image.shape[0] == 3 else image[0]
+    return (shown.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 @torch.no_grad()

@@ -412,6 +412,7 @@ class FetalHeadReader:
     version = READER_VERSION
     class_set = FETAL_HEAD
     columns = ("plane",)
+    in_channels = 1
 
     def __init__(self, colour_tolerance: float = DEFAULT_COLOUR_TOLERANCE):
         self.colour_tolerance = colour_tolerance

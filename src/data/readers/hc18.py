@@ -169,6 +169,7 @@ class HC18Reader:
     version = READER_VERSION
     class_set = HC18_HEAD
     columns = ("hc_mm", "hc_tertile")
+    in_channels = 1
 
     def prepare(self, raw_dir: Path, out_dir: Path, *, overwrite: bool = False) -> dict[str, Any]:
         raw_dir = Path(raw_dir)

@@ -39,6 +39,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     with open_dict(cfg):
         # The cache the DataModule opens is at the network's input size.
         cfg.data.image_size = list(restored.image_size)
+        # The 2.5D input the network was trained on (its in_channels follow).
+        cfg.data.context_slices = (restored.context or {}).get("context_slices", 0)
         run_split = restored.checkpoint_path.parent.parent / "splits.json"
         if cfg.data.splits_file is None and run_split.is_file():
             log.info("using the training run's split %s", run_split)
@@ -72,7 +74,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         else setting,
         validation_rows=datamodule.split_rows("val"),
         strata_column=datamodule.stratify_column,
-        in_channels=datamodule.in_channels,
+        in_channels=datamodule.reader.in_channels,  # per file; 2.5D stacks context_slices
+        multilabel=restored.multilabel,
+        context_slices=datamodule.context_slices,
+        volume_column=datamodule.volume_column,
+        slice_column=datamodule.slice_column,
     )
     summary = evaluation_summary(
         result,

@@ -13,6 +13,12 @@ Empty-class rule (nnU-Net's convention):
   that image is left out of the class's mean (nothing to find, nothing wrongly found);
 - class absent from the target but predicted, or present but not predicted -> 0.
 
+Multi-label data (classes may overlap; ``multilabel=True``): ``preds`` are sigmoid scores
+(B, K, H, W) (logits: a class is predicted where its probability > 0.5, i.e. logit > 0), 0/1
+channels (B, K, H, W) or bitmask maps (B, H, W) (``src.data.classes``), ``target`` channels
+or bitmasks; each of the K foreground classes is scored on its own channel with the same
+Dice, IoU and empty-class rule. ``decide`` is the one place logits become predictions.
+
 Aggregation. Class mean = nanmean over images. ``dice_mean`` / ``iou_mean`` = nanmean over
 the foreground class means, so a class absent from every image of a set (e.g. CSP in a
 tiny validation set) has a NaN class mean and is left out of ``*_mean``, which stays
@@ -36,10 +42,18 @@ EMPTY_MASK_RULE = (
 )
 
 
+def decide(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Logits (B, C, H, W) -> predictions: the argmax label map (B, H, W) (softmax), or the
+    (B, K, H, W) booleans sigmoid > 0.5, i.e. logit > 0 (multi-label)."""
+    return logits > 0 if multilabel else logits.argmax(dim=1)
+
+
 def per_image_scores(
-    preds: torch.Tensor, target: torch.Tensor, num_classes: int
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int, multilabel: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return Dice and IoU, each (B, num_classes - 1): per image, per foreground class."""
+    if multilabel:
+        return _multilabel_scores(preds, target, num_classes - 1)
     preds = _label_map(preds, target, num_classes)
     target = target.long()
     dice = dice_score(
@@ -62,6 +76,36 @@ def per_image_scores(
     # turn it back into NaN so both metrics follow the one empty-class rule.
     iou = torch.where(iou < 0, torch.nan, iou)
     return dice, iou
+
+
+def _channels(values: torch.Tensor, num_foreground: int, name: str) -> torch.Tensor:
+    """(B, K, H, W) 0/1 channels of multi-label ``values``: logits (> 0), booleans, or
+    bitmask maps (B, H, W)."""
+    if values.ndim == 3 and not values.is_floating_point():
+        bits = torch.arange(num_foreground, device=values.device).view(1, -1, 1, 1)
+        return (values.long().unsqueeze(1) >> bits) & 1
+    if values.ndim != 4 or values.shape[1] != num_foreground:
+        raise ValueError(
+            f"multi-label {name} must be (B, {num_foreground}, H, W) channels or a (B, H, W) "
+            f"bitmask map, got shape {tuple(values.shape)}"
+        )
+    if values.is_floating_point() and name == "preds":
+        return (values > 0).long()
+    return (values > 0.5 if values.is_floating_point() else values != 0).long()
+
+
+def _multilabel_scores(
+    preds: torch.Tensor, target: torch.Tensor, num_foreground: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    preds = _channels(preds, num_foreground, "preds")
+    target = _channels(target, num_foreground, "target")
+    if preds.shape != target.shape:
+        raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} differ")
+    # Every channel is a class here (no background channel), so include_background=True.
+    options = {"include_background": True, "input_format": "one-hot"}
+    dice = dice_score(preds, target, num_foreground, average="none", **options)
+    iou = mean_iou(preds, target, num_foreground, per_class=True, **options)
+    return dice, torch.where(iou < 0, torch.nan, iou)
 
 
 def summarize(
@@ -88,8 +132,9 @@ class SegmentationMetrics(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, class_names: Sequence[str], **kwargs) -> None:
+    def __init__(self, class_names: Sequence[str], multilabel: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.multilabel = multilabel
         if len(class_names) < 2:
             raise ValueError(
                 "SegmentationMetrics needs background plus at least one foreground class, "
@@ -101,7 +146,7 @@ class SegmentationMetrics(Metric):
         self.add_state("iou", default=[], dist_reduce_fx="cat")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        dice, iou = per_image_scores(preds, target, len(self.class_names))
+        dice, iou = per_image_scores(preds, target, len(self.class_names), self.multilabel)
         self.dice.append(dice)
         self.iou.append(iou)
 

@@ -61,6 +61,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         denoiser=denoiser,
         denoiser_trainable=bool(OmegaConf.select(cfg, "denoiser.trainable", default=False)),
         denoiser_config=denoiser_config,
+        multilabel=datamodule.class_set.multilabel,
+        context={
+            "context_slices": datamodule.context_slices,
+            "volume_column": datamodule.volume_column,
+            "slice_column": datamodule.slice_column,
+        },
     )
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(
@@ -153,7 +159,11 @@ def test_best_checkpoint(
         else settings.postprocess,
         validation_rows=datamodule.split_rows("val"),
         strata_column=datamodule.stratify_column,
-        in_channels=datamodule.in_channels,
+        in_channels=datamodule.reader.in_channels,  # per file; 2.5D stacks context_slices
+        multilabel=datamodule.class_set.multilabel,
+        context_slices=datamodule.context_slices,
+        volume_column=datamodule.volume_column,
+        slice_column=datamodule.slice_column,
     )
     summary = evaluation_summary(
         result,

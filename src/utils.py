@@ -63,6 +63,11 @@ def run_tags(tags: list[str]) -> list[str]:
 # For the logger configs: `group: ${sweep_group:}`, `tags: ${run_tags:${tags}}`.
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("run_tags", lambda tags: run_tags(list(tags)), replace=True)
+# For 2.5D data configs: `in_channels: ${context_channels:${.context_slices}}` = 2k + 1 grey
+# slices (src.data.context), or times the files' channels given as a second argument.
+OmegaConf.register_new_resolver(
+    "context_channels", lambda k, channels=1: int(channels) * (2 * int(k) + 1), replace=True
+)
 
 
 @rank_zero_only  # DDP re-runs the command in each process; the config is printed and saved once

@@ -26,6 +26,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.cache import build_cache, cache_dir_for, open_cache
+from src.data.classes import from_bitmask
+from src.data.context import context_ids, stack_channels
 from src.data.images import image_tensor
 from src.data.prepared import Reader, build_dir_atomically, locked, read_index, why_outdated
 from src.data.splits import SPLIT_NAMES, Splits, make_splits, read_splits
@@ -37,35 +39,45 @@ Transform = Callable[..., dict]
 SYNTHETIC_KEYS = ("root", "generate")
 
 
-def to_sample(image: np.ndarray, mask: np.ndarray, image_id: str) -> dict:
+def to_sample(
+    image: np.ndarray, mask: np.ndarray, image_id: str, multilabel_classes: int | None = None
+) -> dict:
     """uint8 (H, W) or channels-last (H, W, C) image and label map -> the batch item:
-    float [0, 1] (1, H, W) or (C, H, W), int64 (H, W)."""
+    float [0, 1] (1, H, W) or (C, H, W), int64 (H, W). Multi-label data
+    (``multilabel_classes`` = K foreground classes): the mask is a bitmask map
+    (``src.data.classes``) and becomes float (K, H, W) 0/1 channels, overlaps kept."""
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(
             f"{image_id}: expected a uint8 (H, W) or (H, W, C) image after the transform, "
             f"got {image.dtype} {image.shape}"
         )
-    return {
-        "image": image_tensor(image),
-        "mask": torch.from_numpy(mask.astype(np.int64)),
-        "id": image_id,
-    }
+    if multilabel_classes is not None:
+        target = torch.from_numpy(from_bitmask(mask, multilabel_classes)).float()
+    else:
+        target = torch.from_numpy(mask.astype(np.int64))
+    return {"image": image_tensor(image), "mask": target, "id": image_id}
 
 
 class CachedSegmentationDataset(Dataset):
-    """Rows of an array cache, optionally augmented (image and mask together)."""
+    """Rows of an array cache, optionally augmented (image and mask together).
+
+    A row may be a sequence of cache rows (2.5D, ``src.data.context``): those single-channel
+    images are stacked as channels, the mask is the middle one's. ``multilabel_classes``: see
+    ``to_sample``."""
 
     def __init__(
         self,
         cache_dir: Path,
-        rows: Sequence[int],
+        rows: Sequence[int | Sequence[int]],
         ids: Sequence[str],
         transform: Transform | None = None,
+        multilabel_classes: int | None = None,
     ):
         self.cache_dir = cache_dir
         self.rows = list(rows)
         self.ids = list(ids)
         self.transform = transform
+        self.multilabel_classes = multilabel_classes
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
         self._opened_in_pid: int | None = None
 
@@ -93,11 +105,16 @@ class CachedSegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         images, masks = self._open_in_this_process()
-        image, mask = np.array(images[self.rows[i]]), np.array(masks[self.rows[i]])
+        row = self.rows[i]
+        if isinstance(row, int | np.integer):
+            image, mask = np.array(images[row]), np.array(masks[row])
+        else:
+            image = stack_channels([images[r] for r in row])
+            mask = np.array(masks[row[len(row) // 2]])
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return to_sample(image, mask, self.ids[i])
+        return to_sample(image, mask, self.ids[i], self.multilabel_classes)
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -141,19 +158,35 @@ class SegmentationDataModule(pl.LightningDataModule):
         denoise: ClassicalFilter | None = None,
         volume_column: str | None = None,
         slice_column: str | None = None,
+        context_slices: int = 0,
+        drop_empty: bool = False,
     ):
         super().__init__()
         self.reader = reader
         self.class_set = reader.class_set
         # Written once in the data config and interpolated by the model config; checked here
-        # so a wrong override fails before a network of the wrong shape is built.
-        expected = self.class_set.num_classes
-        if in_channels != reader.in_channels or num_classes not in (None, expected):
+        # so a wrong override fails before a network of the wrong shape is built. Network
+        # outputs: a logit per class (softmax) or per foreground class (multi-label sigmoid).
+        # 2.5D input (context_slices=k) stacks 2k + 1 slices of the reader's channels.
+        expected = self.class_set.num_outputs
+        channels = reader.in_channels * (2 * context_slices + 1)
+        if in_channels != channels or num_classes not in (None, expected):
             raise ValueError(
                 f"data.in_channels={in_channels}, data.num_classes={num_classes}: the "
-                f"{reader.name} data has {reader.in_channels} input channel(s) and {expected} "
-                f"classes {self.class_set.names}"
+                f"{reader.name} data with data.context_slices={context_slices} has {channels} "
+                f"input channel(s) and {expected} network outputs for classes "
+                f"{self.class_set.names}"
+                + (" (multi-label: one per foreground class)" if self.class_set.multilabel else "")
             )
+        if context_slices and not (volume_column and slice_column):
+            raise ValueError(
+                f"data.context_slices={context_slices} needs data.volume_column and "
+                "data.slice_column (which index.csv columns group and order the slices)"
+            )
+        self.context_slices = int(context_slices)
+        # Training slices without any foreground are left out (val and test never are, so
+        # scores stay comparable): the UW-Madison "keep or drop empty slices" question.
+        self.drop_empty = bool(drop_empty)
         self.in_channels = in_channels
         # index.csv columns naming a slice's volume (patient, case-day) and its position in
         # it: per-volume metrics and neighbouring-slice context use them; None: 2D images.
@@ -224,9 +257,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         build_cache(
             self.prepared_dir,
             self.image_size,
-            num_classes=self.num_classes,
+            # Multi-label masks are bitmasks: values up to 2^K - 1 for K foreground classes.
+            num_classes=(
+                1 << self.class_set.num_outputs if self.class_set.multilabel else self.num_classes
+            ),
             denoise=self.denoise,
-            in_channels=self.in_channels,
+            in_channels=self.reader.in_channels,  # per file; 2.5D stacks them in the Dataset
         )
 
     def _generate_synthetic(self) -> None:
@@ -283,16 +319,34 @@ class SegmentationDataModule(pl.LightningDataModule):
             self._write_splits()
 
         cache_dir = cache_dir_for(
-            self.prepared_dir, self.image_size, self.denoise, self.in_channels
+            self.prepared_dir, self.image_size, self.denoise, self.reader.in_channels
         )
-        _, _, cached_ids = open_cache(cache_dir)
+        _, cached_masks, cached_ids = open_cache(cache_dir)
         row_of = {image: row for row, image in enumerate(cached_ids)}
         self._rows = rows.set_index("image", drop=False)
+        channels_of = None
+        if self.context_slices:  # neighbours from the whole index: a selection cuts no volume
+            channels_of = context_ids(
+                read_index(self.prepared_dir),
+                self.volume_column,
+                self.slice_column,
+                self.context_slices,
+            )
+        multilabel = self.class_set.num_outputs if self.class_set.multilabel else None
         for split in SPLIT_NAMES:
-            ids = self.splits[split]
+            ids = list(self.splits[split])
+            if split == "train" and self.drop_empty:
+                kept = [i for i in ids if cached_masks[row_of[i]].any()]
+                log.info("data.drop_empty: %d of %d training slices kept", len(kept), len(ids))
+                ids = kept
+            rows_of_ids = (
+                [row_of[i] for i in ids]
+                if channels_of is None
+                else [tuple(row_of[c] for c in channels_of[i]) for i in ids]
+            )
             transform = self.train_transform if split == "train" else None
             self._datasets[split] = CachedSegmentationDataset(
-                cache_dir, [row_of[i] for i in ids], ids, transform
+                cache_dir, rows_of_ids, ids, transform, multilabel
             )
         log.info(
             "split sizes: %s",

@@ -6,7 +6,10 @@ with ``model`` the resolved model config (a ``_target_`` dict), and optionally `
 the resolved config of a denoising pre-stage (``src.denoise``), rebuilt in front of the
 network: a classical filter (the data pipeline applied it in training; here it runs on the
 resized image, so eval and predict see what training saw) or a network whose weights are the
-checkpoint's ``denoiser.*``. ``src.train_denoiser`` checkpoints carry
+checkpoint's ``denoiser.*``. Optional too: ``multilabel`` (true: sigmoid outputs, one per
+foreground class; absent: softmax) and ``context`` (2.5D input: ``context_slices``,
+``volume_column``, ``slice_column``; absent: one slice), so eval and predict decide and stack
+as training did. ``src.train_denoiser`` checkpoints carry
 ``checkpoint["sonoseg_denoiser"]`` (``denoiser_payload``), read by ``load_denoiser``.
 """
 
@@ -46,9 +49,13 @@ def checkpoint_payload(
     image_size: Sequence[int],
     in_channels: int,
     denoiser: Mapping | None = None,
+    multilabel: bool = False,
+    context: Mapping | None = None,
 ) -> dict:
     """The ``checkpoint["sonoseg"]`` entry: plain Python values only (loads with weights_only).
-    ``denoiser``: the resolved config of the pre-stage in front of the network, if any."""
+    ``denoiser``: the resolved config of the pre-stage in front of the network, if any;
+    ``multilabel`` and ``context``: see the module docstring (left out when unused, so
+    softmax checkpoints are as before)."""
     _check_config(model_config, "model_config")
     if len(image_size) != 2:
         raise ValueError(f"image_size must be [height, width], got {list(image_size)}")
@@ -62,6 +69,14 @@ def checkpoint_payload(
     if denoiser is not None:
         _check_config(denoiser, "the denoiser config")
         payload["denoiser"] = dict(denoiser)
+    if multilabel:
+        payload["multilabel"] = True
+    if context is not None and int(context.get("context_slices", 0)):
+        payload["context"] = {
+            "context_slices": int(context["context_slices"]),
+            "volume_column": str(context["volume_column"]),
+            "slice_column": str(context["slice_column"]),
+        }
     return payload
 
 
@@ -84,6 +99,8 @@ class RestoredModel:
     image_size: tuple[int, int]
     in_channels: int
     checkpoint_path: Path
+    multilabel: bool = False
+    context: dict | None = None  # 2.5D: context_slices, volume_column, slice_column
 
 
 def _read_checkpoint(path: Path, map_location, key: str, keys: Sequence[str], writer: str):
@@ -160,6 +177,8 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
         image_size=(int(payload["image_size"][0]), int(payload["image_size"][1])),
         in_channels=int(payload["in_channels"]),
         checkpoint_path=path,
+        multilabel=bool(payload.get("multilabel", False)),
+        context=payload.get("context"),
     )
 
 
@@ -215,8 +234,8 @@ def load_ensemble(
     models = [load_model(path, map_location) for path in ckpt_paths]
     first = models[0]
     for other in models[1:]:
-        mine = (first.class_names, first.image_size, first.in_channels)
-        theirs = (other.class_names, other.image_size, other.in_channels)
+        mine = (first.class_names, first.image_size, first.in_channels, first.multilabel)
+        theirs = (other.class_names, other.image_size, other.in_channels, other.multilabel)
         if theirs != mine:
             raise ValueError(
                 f"{other.checkpoint_path} (classes, input size, channels {theirs}) cannot be "
@@ -224,6 +243,8 @@ def load_ensemble(
             )
     if len(models) == 1:
         return first
+    if first.multilabel:
+        raise ValueError("ensembles average softmax probabilities: multi-label is not supported")
     return RestoredModel(
         net=Ensemble([m.net for m in models]).eval(),
         class_names=first.class_names,

@@ -19,11 +19,14 @@ import torch
 from torch import nn
 
 from src.biometry import ELLIPSE_FIELDS, difference_stats, measure_class_set
-from src.data.classes import ClassSet, class_set_for
+from src.data.classes import ClassSet, class_mask, class_set_for, from_bitmask
+from src.data.context import context_ids, stack_channels
 from src.data.images import read_image
+from src.data.prepared import read_index
 from src.evaluation.inference import predict_labels
 from src.evaluation.postprocess import check_rules, postprocess
 from src.evaluation.surface import CASES, class_surface_distances
+from src.evaluation.uwmgi_metric import competition_score
 from src.metrics import per_image_scores, summarize
 
 log = logging.getLogger(__name__)
@@ -73,12 +76,23 @@ def predict_rows(
     *,
     tta_flip: bool,
     in_channels: int = 1,
+    multilabel: bool = False,
+    channels_of: Mapping[str, Sequence[str]] | None = None,
 ) -> list[tuple[dict, np.ndarray, np.ndarray]]:
-    """(row, truth, raw prediction) per image, both at the original size."""
+    """(row, truth, raw prediction) per image, both at the original size. ``in_channels``:
+    of each image file; ``channels_of``: per image, the images stacked as its input (2.5D,
+    ``src.data.context.context_ids``); ``multilabel``: truth and prediction are bitmasks."""
     predicted = []
     for row in rows.to_dict("records"):
         image, truth = read_original(prepared_dir, row, in_channels)
-        labels = predict_labels(net, image, image_size, tta_flip=tta_flip)
+        if channels_of is not None:
+            image = stack_channels(
+                [
+                    image if name == row["image"] else read_image(prepared_dir / name, in_channels)
+                    for name in channels_of[row["image"]]
+                ]
+            )
+        labels = predict_labels(net, image, image_size, tta_flip=tta_flip, multilabel=multilabel)
         predicted.append((row, truth, labels))
     return predicted
 
@@ -163,8 +177,10 @@ def score_image(
     class_names: Sequence[str],
     *,
     robust_biometry: bool = False,
+    multilabel: bool = False,
 ) -> dict:
-    """One per-image row: index info, per-class Dice, IoU, case and distances, biometry."""
+    """One per-image row: index info, per-class Dice, IoU, case and distances, biometry.
+    ``multilabel``: ``truth`` and ``labels`` are bitmask maps (``src.data.classes``)."""
     pixel_size = pixel_size_of(row)
     out: dict = {"id": row["image"], **{k: v for k, v in row.items() if k not in ("image", "mask")}}
     out["pixel_size_mm"] = pixel_size
@@ -172,10 +188,13 @@ def score_image(
         torch.from_numpy(labels[None].astype(np.int64)),
         torch.from_numpy(truth[None].astype(np.int64)),
         len(class_names),
+        multilabel,
     )
     for k, name in enumerate(class_names[1:]):
         label = k + 1
-        case, hd95, assd = class_surface_distances(labels == label, truth == label)
+        case, hd95, assd = class_surface_distances(
+            class_mask(labels, label, multilabel), class_mask(truth, label, multilabel)
+        )
         # index.csv's pixel size is isotropic, so mm = px x size (surface.py takes a
         # (row, col) spacing where it is not).
         mm = pixel_size if pixel_size is not None else math.nan
@@ -353,30 +372,59 @@ def evaluate(
     strata_column: str | None = None,
     robust_biometry: bool = False,
     in_channels: int = 1,
+    multilabel: bool = False,
+    context_slices: int = 0,
+    volume_column: str | None = None,
+    slice_column: str | None = None,
 ) -> dict:
     """Predict ``rows`` at their original size, post-process, score. Returns ``rows`` (one
     dict per image, in the given order), the aggregates of ``summarize_rows``,
-    ``postprocess`` (the decision record) and ``settings``."""
+    ``postprocess`` (the decision record) and ``settings``.
+
+    ``in_channels``: of each image file. ``multilabel``: sigmoid outputs and bitmask masks
+    (no post-processing: its rules act on label maps). ``context_slices``: 2.5D input, the
+    neighbours found in the whole index.csv by ``volume_column`` and ``slice_column``; the
+    class set's ``competition_metric`` (UW-Madison GI) is scored per volume, as
+    ``competition``."""
     net.eval()
+    class_set = class_set_for(class_names)
+    if multilabel and postprocess_setting not in ("auto", "none"):
+        raise ValueError(
+            f"postprocess={postprocess_setting}: the per-class rules act on label maps; "
+            "multi-label masks take postprocess=none"
+        )
+    if multilabel:
+        postprocess_setting = "none"
+    channels_of = (
+        context_ids(read_index(prepared_dir), volume_column, slice_column, context_slices)
+        if context_slices
+        else None
+    )
+    options = {"in_channels": in_channels, "multilabel": multilabel, "channels_of": channels_of}
     validation = None
     if postprocess_setting == "auto" and validation_rows is not None and len(validation_rows):
         validation = predict_rows(
-            net,
-            validation_rows,
-            prepared_dir,
-            image_size,
-            tta_flip=tta_flip,
-            in_channels=in_channels,
+            net, validation_rows, prepared_dir, image_size, tta_flip=tta_flip, **options
         )
     decision = resolve_postprocess(postprocess_setting, class_names, validation)
     scored = []
-    predicted = predict_rows(
-        net, rows, prepared_dir, image_size, tta_flip=tta_flip, in_channels=in_channels
-    )
+    predicted = predict_rows(net, rows, prepared_dir, image_size, tta_flip=tta_flip, **options)
     for row, truth, labels in predicted:
         if decision["rules"]:
             labels = postprocess(labels, decision["rules"], class_names)
-        scored.append(score_image(row, truth, labels, class_names, robust_biometry=robust_biometry))
+        scored.append(
+            score_image(
+                row,
+                truth,
+                labels,
+                class_names,
+                robust_biometry=robust_biometry,
+                multilabel=multilabel,
+            )
+        )
+    competition = None
+    if class_set is not None and class_set.competition_metric == "uwmgi":
+        competition = uwmgi_competition(predicted, class_names, volume_column, slice_column)
     return {
         "rows": scored,
         **summarize_rows(scored, class_names, strata_column),
@@ -389,8 +437,36 @@ def evaluate(
             "postprocess": postprocess_setting
             if isinstance(postprocess_setting, str)
             else dict(postprocess_setting),
+            "multilabel": multilabel,
+            "context_slices": context_slices,
         },
+        **({"competition": competition} if competition is not None else {}),
     }
+
+
+def uwmgi_competition(
+    predicted: Sequence[tuple[dict, np.ndarray, np.ndarray]],
+    class_names: Sequence[str],
+    volume_column: str | None,
+    slice_column: str | None,
+) -> dict | None:
+    """The UW-Madison GI competition score (``src.evaluation.uwmgi_metric``) of bitmask
+    predictions, per volume (``volume_column``) in slice order; None without the columns."""
+    if not (volume_column and slice_column):
+        log.warning("no data.volume_column/slice_column: the competition score is left out")
+        return None
+    num_foreground = len(class_names) - 1
+    volumes: dict[str, list] = {}
+    for row, truth, labels in predicted:
+        volumes.setdefault(str(row[volume_column]), []).append((row[slice_column], labels, truth))
+    stacks = {}
+    for name, slices in volumes.items():
+        slices.sort(key=lambda item: item[0])
+        stacks[name] = (
+            [from_bitmask(labels, num_foreground) for _, labels, _ in slices],
+            [from_bitmask(truth, num_foreground) for _, _, truth in slices],
+        )
+    return competition_score(stacks, class_names[1:])
 
 
 def _nanmean(values: pd.Series) -> float:

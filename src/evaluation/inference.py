@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.data.cache import resize_image
+from src.data.classes import to_bitmask
 from src.data.images import image_tensor
 from src.evaluation.postprocess import postprocess
+from src.metrics import decide
 
 
 @torch.no_grad()
@@ -53,11 +55,18 @@ def predict_labels(
     tta_flip: bool = False,
     rules: Mapping[str, Sequence[str]] | None = None,
     class_names: Sequence[str] | None = None,
+    multilabel: bool = False,
 ) -> np.ndarray:
     """uint8 (H, W) label map at the original size: argmax of ``predict_logits``, then the
-    per-class post-processing ``rules`` (``postprocess``; needs ``class_names``)."""
-    labels = predict_logits(net, image, image_size, tta_flip=tta_flip).argmax(0)
-    labels = labels.numpy().astype(np.uint8)
+    per-class post-processing ``rules`` (``postprocess``; needs ``class_names``).
+    ``multilabel``: the bitmask map of the classes whose sigmoid is > 0.5 (``decide``; the
+    label-map rules do not apply to it)."""
+    logits = predict_logits(net, image, image_size, tta_flip=tta_flip)
+    if multilabel:
+        if rules:
+            raise ValueError("post-processing rules act on label maps, not multi-label masks")
+        return to_bitmask(decide(logits[None], multilabel=True)[0].numpy())
+    labels = logits.argmax(0).numpy().astype(np.uint8)
     if rules:
         if class_names is None:
             raise ValueError("predict_labels: post-processing rules need class_names")

@@ -53,6 +53,8 @@ def evaluation_summary(
             "biometry": result["biometry"],
             # Scores of the trainer's test pass on masks at the training size, for comparison.
             "training_resolution": training_resolution,
+            # The class set's competition score (UW-Madison GI), where it has one.
+            **({"competition": result["competition"]} if "competition" in result else {}),
         },
     )
 

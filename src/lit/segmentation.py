@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from src.evaluation.checkpoint import PAYLOAD_KEY, checkpoint_payload
-from src.metrics import SegmentationMetrics
+from src.metrics import SegmentationMetrics, decide
 
 
 class SegmentationModule(pl.LightningModule):
@@ -26,6 +26,10 @@ class SegmentationModule(pl.LightningModule):
     trained jointly with it. ``denoiser_config`` is what rebuilds the pre-stage at eval and
     predict time (``checkpoint["sonoseg"]["denoiser"]``): this network's config, or that of a
     classical filter, which the data pipeline applies and which has no module here.
+
+    ``multilabel``: sigmoid outputs, one per foreground class, scored by threshold
+    (``src.metrics.decide``); the masks are then (B, K, H, W). ``context``: the 2.5D input
+    (``context_slices``, ``volume_column``, ``slice_column``), recorded for eval and predict.
     """
 
     def __init__(
@@ -42,6 +46,8 @@ class SegmentationModule(pl.LightningModule):
         denoiser: nn.Module | None = None,
         denoiser_trainable: bool = False,
         denoiser_config: Mapping | None = None,
+        multilabel: bool = False,
+        context: Mapping | None = None,
     ) -> None:
         super().__init__()
         # Modules and optimizer partials stay out of the checkpoint's hparams (the run's
@@ -62,8 +68,15 @@ class SegmentationModule(pl.LightningModule):
             logger=False,
         )
         self.checkpoint_payload = checkpoint_payload(
-            model_config, class_names, image_size, in_channels, denoiser=denoiser_config
+            model_config,
+            class_names,
+            image_size,
+            in_channels,
+            denoiser=denoiser_config,
+            multilabel=multilabel,
+            context=context,
         )
+        self.multilabel = multilabel
         self.denoiser = denoiser
         self.denoiser_trainable = denoiser_trainable
         if denoiser is not None and not denoiser_trainable:
@@ -72,8 +85,8 @@ class SegmentationModule(pl.LightningModule):
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.val_metrics = SegmentationMetrics(list(class_names))
-        self.test_metrics = SegmentationMetrics(list(class_names))
+        self.val_metrics = SegmentationMetrics(list(class_names), multilabel)
+        self.test_metrics = SegmentationMetrics(list(class_names), multilabel)
         self.test_ids: list[str] = []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -105,7 +118,7 @@ class SegmentationModule(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, logits = self._loss_and_logits(batch)
         self.log("val/loss", loss, on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
-        self.val_metrics.update(logits.argmax(dim=1), batch["mask"])
+        self.val_metrics.update(decide(logits, self.multilabel), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
@@ -116,7 +129,7 @@ class SegmentationModule(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         loss, logits = self._loss_and_logits(batch)
         self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
-        self.test_metrics.update(logits.argmax(dim=1), batch["mask"])
+        self.test_metrics.update(decide(logits, self.multilabel), batch["mask"])
         self.test_ids.extend(batch["id"])
 
     def on_test_epoch_end(self) -> None:

@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning import Callback
 from pytorch_lightning.loggers import WandbLogger
 
+from src.metrics import decide
 from src.utils import keep_existing
 from src.visualize import comparison_row, grid
 
@@ -94,7 +95,7 @@ class ValidationImages(Callback):
             return
         names = _class_names(trainer, pl_module)
         images = [_to_uint8(sample["image"]) for sample in samples]
-        truths = [sample["mask"].numpy().astype(np.uint8) for sample in samples]
+        truths = [_shown_labels(sample["mask"].numpy()) for sample in samples]
         predictions = _predict(pl_module, samples)
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         for logger in wandb_loggers:
@@ -183,10 +184,22 @@ def _predict(pl_module: pl.LightningModule, samples: list[dict]) -> list[np.ndar
     was_training = pl_module.training
     pl_module.eval()
     try:
-        labels = pl_module(batch).argmax(dim=1).to(torch.uint8).cpu().numpy()
+        predicted = decide(pl_module(batch), getattr(pl_module, "multilabel", False)).cpu()
     finally:
         pl_module.train(was_training)
-    return list(labels)
+    return [_shown_labels(labels.numpy()) for labels in predicted]
+
+
+def _shown_labels(mask: np.ndarray) -> np.ndarray:
+    """A label map to draw: the mask itself, or of multi-label (K, H, W) channels the
+    highest-numbered class present per pixel (an overlap shows one of its classes)."""
+    if mask.ndim == 2:
+        return mask.astype(np.uint8)
+    present = np.asarray(mask) > 0.5
+    labels = np.zeros(mask.shape[1:], np.uint8)
+    for k, channel in enumerate(present):
+        labels[channel] = k + 1
+    return labels
 
 
 def _write_png(rgb: np.ndarray, path: Path) -> None:

@@ -46,6 +46,7 @@ from src.data.prepared import check_replaceable, replace_dir
 from src.data.readers.hc18 import PIXEL_SIZE, SUBMISSION_CSV, read_pixel_csv, write_submission
 from src.evaluation.checkpoint import RestoredModel, load_ensemble
 from src.evaluation.inference import predict_labels
+from src.evaluation.volume_prediction import predict_volume_layout
 from src.visualize import biometry_overlay
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,18 @@ def predict(
     device: str = "cpu",
 ) -> PredictionReport:
     """Load the checkpoint (or several, averaged as an ``Ensemble``: e.g. the models of a
-    cross-validation's folds) and predict one image or a folder (see the module docstring)."""
+    cross-validation's folds) and predict one image or a folder (see the module docstring).
+    A UW-Madison GI model (its class set's ``competition_metric``) takes a raw scan layout
+    instead and writes masks and the competition's submission CSV
+    (``src.evaluation.volume_prediction``)."""
+    paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    model = load_ensemble(paths, map_location=device)
+    class_set = class_set_for(model.class_names)
+    if class_set is not None and class_set.competition_metric == "uwmgi":
+        rows = predict_volume_layout(
+            model, input_path, out_dir, overwrite=overwrite, tta_flip=tta_flip
+        )
+        return PredictionReport(Path(out_dir), rows=rows.to_dict("records"))
     # Before the slow part; checked again when the finished folder is moved in.
     check_replaceable(Path(out_dir), overwrite, [BIOMETRY_CSV], PREDICTION_KIND)
     files = list_inputs(input_path)
@@ -294,8 +306,6 @@ def predict(
     if pixel_size_csv is not None:
         listed = read_pixel_csv(Path(pixel_size_csv))
         pixel_sizes = {name: values[PIXEL_SIZE] for name, values in listed.items()}
-    paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
-    model = load_ensemble(paths, map_location=device)
     report = predict_files(
         model,
         files,

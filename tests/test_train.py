@@ -23,11 +23,12 @@ from src.lit.segmentation import SegmentationModule
 from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-# diconvae_* are src.train_denoiser's experiments (tests/test_denoise_train.py runs them).
+# diconvae_* are src.train_denoiser's experiments (tests/test_denoise_train.py runs them);
+# lgg_* train on the LGG layout, not the phantom's (tests/test_lgg.py runs them).
 EXPERIMENTS = sorted(
     p.stem
     for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-    if not p.stem.startswith("diconvae_")
+    if not p.stem.startswith(("diconvae_", "lgg_"))
 )
 # Experiments whose data is not the phantom's layout, or a part of it too small for 5 folds.
 EXPERIMENT_DATA = {

@@ -27,6 +27,7 @@ from src.evaluation.inference import predict_labels
 from src.evaluation.postprocess import check_rules, postprocess
 from src.evaluation.surface import CASES, class_surface_distances
 from src.evaluation.uwmgi_metric import competition_score
+from src.evaluation.volumes import slice_counts, volume_sections
 from src.metrics import per_image_scores, summarize
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,10 @@ def score_image(
             f"hd95_mm_{name}": hd95 * mm,
             f"assd_mm_{name}": assd * mm,
         }
+        # Pixel counts, pooled per volume and per slice by src.evaluation.volumes.
+        out |= slice_counts(
+            name, class_mask(truth, label, multilabel), class_mask(labels, label, multilabel)
+        )
     class_set = class_set_for(class_names)
     if class_set is not None and class_set.head_labels:
         reference = row.get(REFERENCE_HC)
@@ -441,6 +446,8 @@ def evaluate(
             "context_slices": context_slices,
         },
         **({"competition": competition} if competition is not None else {}),
+        # Per-volume Dice and slice detection where slices form volumes (data.volume_column).
+        **volume_sections(scored, class_names[1:], volume_column),
     }
 
 

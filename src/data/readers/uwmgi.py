@@ -175,10 +175,13 @@ def read_scan(path: Path, expected: tuple[int, int]) -> np.ndarray:
     return image
 
 
-def read_volumes(root: Path, ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+def read_volumes(
+    root: Path, ids: Iterable[str] | None = None, errors: list[dict] | None = None
+) -> dict[str, dict[str, Any]]:
     """8-bit slices (``scale_volume``) of the scans under ROOT, by id, with the name's fields;
-    ``ids``: only these (their volumes are still scaled over all their slices present).
-    For prediction on the raw layout (src.predict) as for preparing."""
+    ``ids``: only these (their volumes are still scaled over all their readable slices).
+    An unreadable scan raises ValueError, or with an ``errors`` list is left out and listed
+    there (``file``, ``reason``). For prediction on the raw layout as for preparing."""
     scans = list_scans(Path(root))
     scans.pop("__unparsed__", None)
     wanted = set(scans) if ids is None else set(ids)
@@ -189,10 +192,17 @@ def read_volumes(root: Path, ids: Iterable[str] | None = None) -> dict[str, dict
     for volume_ids in by_volume.values():
         if not wanted.intersection(volume_ids):
             continue
-        raw = [
-            read_scan(scans[i]["path"], (scans[i]["height"], scans[i]["width"])) for i in volume_ids
-        ]
-        for scan_id, image in zip(volume_ids, scale_volume(raw), strict=True):
+        raw = {}
+        for i in volume_ids:
+            try:
+                raw[i] = read_scan(scans[i]["path"], (scans[i]["height"], scans[i]["width"]))
+            except ValueError as error:
+                if errors is None:
+                    raise
+                errors.append({"file": str(scans[i]["path"]), "reason": str(error)})
+        if not raw:
+            continue
+        for scan_id, image in zip(raw, scale_volume(list(raw.values())), strict=True):
             if scan_id in wanted:
                 out[scan_id] = {**scans[scan_id], "image": image}
     return out
@@ -253,16 +263,7 @@ class UWMGIReader:
                 raise UWMGILayoutError(
                     f"{raw_dir}: no scan of {CSV_NAME} found under train/case*/case*_day*/scans/"
                 )
-            volumes = {}
-            try:
-                volumes = read_volumes(raw_dir, listed)
-            except ValueError as error:  # one bad file: name it, read the volumes one by one
-                log.warning("%s", error)
-                for scan_id in listed:
-                    try:
-                        volumes |= read_volumes(raw_dir, [scan_id])
-                    except ValueError as one:
-                        skipped.append({"file": str(scans[scan_id]["path"]), "reason": str(one)})
+            volumes = read_volumes(raw_dir, listed, errors=skipped)
             rows = []
             for scan_id in listed:
                 if scan_id not in volumes:

@@ -24,11 +24,12 @@ from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # diconvae_* are src.train_denoiser's experiments (tests/test_denoise_train.py runs them);
-# lgg_* train on the LGG layout, not the phantom's (tests/test_lgg.py runs them).
+# lgg_* train on the LGG layout, not the phantom's (tests/test_lgg.py runs them); uwmgi_* on
+# the UW-Madison GI layout (tests/test_uwmgi.py runs them on its synthetic record).
 EXPERIMENTS = sorted(
     p.stem
     for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-    if not p.stem.startswith(("diconvae_", "lgg_"))
+    if not p.stem.startswith(("diconvae_", "lgg_", "uwmgi_"))
 )
 # Experiments whose data is not the phantom's layout, or a part of it too small for 5 folds.
 EXPERIMENT_DATA = {

@@ -181,6 +181,9 @@ def _read_summary(path: Path) -> dict:
 # Head circumference, mm: |pred - ellipse of the true mask| and |pred - the sonographer's
 # value| (HC18's CSV), mean and worst image.
 BIOMETRY_COLUMNS = ("hc_mae_mm", "hc_ref_mae_mm", "hc_ref_max_mm")
+# Data with volumes (src.evaluation.volumes): mean per-volume Dice, and slice detection
+# sensitivity and specificity (mean over the foreground classes).
+VOLUME_COLUMNS = ("volume_dice_mean", "slice_sensitivity", "slice_specificity")
 
 
 def job_metrics(summary: dict) -> dict[str, float]:
@@ -199,7 +202,21 @@ def job_metrics(summary: dict) -> dict[str, float]:
         "hc_ref_mae_mm": versus_reference.get("mean_abs"),
         "hc_ref_max_mm": versus_reference.get("max_abs"),
     }
+    per_volume = summary.get("per_volume") or {}
+    found = list(((summary.get("detection") or {}).get("per_class") or {}).values())
+    row |= {
+        "volume_dice_mean": (per_volume.get("mean") or {}).get("dice_mean"),
+        **{
+            f"slice_{rate}": _mean_of([c.get(rate) for c in found])
+            for rate in ("sensitivity", "specificity")
+        },
+    }
     return {k: math.nan if v is None else float(v) for k, v in row.items()}
+
+
+def _mean_of(values: list) -> float | None:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else None
 
 
 # --- building the report --------------------------------------------------------------------
@@ -224,8 +241,9 @@ def build_report(dirs: Sequence[Path]) -> Report:
         [{"setting": labels[j.setting], "fold": j.fold} | job_metrics(j.summary) for j in finished],
         columns=["setting", "fold", *columns],
     ).sort_values(["setting", "fold"], ignore_index=True)
-    # Head-circumference columns only where some run measured heads in mm.
-    columns = [c for c in columns if c not in BIOMETRY_COLUMNS or per_fold[c].notna().any()]
+    # Head-circumference and volume columns only where some run has them.
+    optional = (*BIOMETRY_COLUMNS, *VOLUME_COLUMNS)
+    columns = [c for c in columns if c not in optional or per_fold[c].notna().any()]
     per_fold = per_fold[["setting", "fold", *columns]]
     table = per_fold.groupby("setting", sort=False)[columns].agg(["mean", "std", "count"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
@@ -276,6 +294,7 @@ def _metric_columns(classes: list[str]) -> list[str]:
         *(f"dice_{c}" for c in classes),
         *(f"iou_{c}" for c in classes),
         *BIOMETRY_COLUMNS,
+        *VOLUME_COLUMNS,
         "num_parameters",
         "seconds_per_epoch",
         "best_epoch",

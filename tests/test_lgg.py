@@ -24,6 +24,7 @@ from src.data.prepared import read_index
 from src.data.readers.lgg import LGGLayoutError, LGGReader
 from src.data.splits import SPLIT_NAMES
 from src.evaluation.volumes import detection, per_volume, slice_counts, volume_sections
+from src.report import job_metrics
 from src.synthetic.lgg import write_lgg_record
 from src.train import train
 
@@ -342,3 +343,9 @@ def test_fast_dev_run_trains_and_the_evaluation_scores_patients(lgg_raw, tmp_pat
     assert found["tp"] + found["fn"] + found["tn"] + found["fp"] == summary["num_images"]
     truth_positive = sum(row["pixels_true_abnormality"] > 0 for row in summary["per_image"])
     assert found["tp"] + found["fn"] == truth_positive > 0
+    # The sweep report's columns (src.report) read the same sections.
+    row = job_metrics(summary)
+    expected = per_volume_section["mean"]["dice_mean"]  # null (NaN) without any abnormality
+    expected = math.nan if expected is None else expected
+    assert row["volume_dice_mean"] == pytest.approx(expected, nan_ok=True)
+    assert row["slice_sensitivity"] == pytest.approx(found["sensitivity"])

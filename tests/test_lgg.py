@@ -19,11 +19,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from src.data.classes import LGG, class_set_for
-from src.data.images import read_image
+from src.data.images import read_image, write_image
 from src.data.prepared import read_index
 from src.data.readers.lgg import LGGLayoutError, LGGReader
 from src.data.splits import SPLIT_NAMES
+from src.evaluation.checkpoint import checkpoint_payload
 from src.evaluation.volumes import detection, per_volume, slice_counts, volume_sections
+from src.predict import predict
 from src.report import job_metrics
 from src.synthetic.lgg import write_lgg_record
 from src.train import train
@@ -349,3 +351,27 @@ def test_fast_dev_run_trains_and_the_evaluation_scores_patients(lgg_raw, tmp_pat
     expected = math.nan if expected is None else expected
     assert row["volume_dice_mean"] == pytest.approx(expected, nan_ok=True)
     assert row["slice_sensitivity"] == pytest.approx(found["sensitivity"])
+
+
+def test_predict_reads_rgb_images_for_a_3_channel_model(tmp_path):
+    """A Conv2d(3, 2, 1) that calls abnormality where the red channel is bright: the red
+    square must come out, not the blue one (an image read in BGR order would swap them)."""
+    config = {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 2, "kernel_size": 1}
+    weight = torch.zeros(2, 3, 1, 1)
+    weight[1, 0] = 20.0
+    path = tmp_path / "model.ckpt"
+    torch.save(
+        {
+            "state_dict": {"net.weight": weight, "net.bias": torch.tensor([0.0, -10.0])},
+            "sonoseg": checkpoint_payload(config, LGG.names, (SIZE, SIZE), 3),
+        },
+        path,
+    )
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    image[4:12, 4:12, 0] = 255  # red
+    image[20:28, 20:28, 2] = 255  # blue
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "slice.png", image)
+    report = predict(path, tmp_path / "in", tmp_path / "out")
+    labels = cv2.imread(str(tmp_path / "out" / report.rows[0]["mask"]), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(labels, (image[..., 0] == 255).astype(np.uint8))

@@ -22,6 +22,7 @@ from src.evaluation.evaluate import evaluate
 from src.evaluation.records import evaluation_summary, write_evaluation
 from src.lit.callbacks import TrainingLog
 from src.lit.segmentation import SegmentationModule
+from src.models.speed import accelerate, split_speed_options
 from src.utils import (
     instantiate_callbacks,
     instantiate_loggers,
@@ -48,14 +49,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = hydra.utils.instantiate(cfg.data)
     denoiser, denoiser_config = denoiser_prestage(cfg.get("denoiser"))
+    # The checkpoint stores the plain network's config; the speed options are applied here.
+    model_config, speed = split_speed_options(OmegaConf.to_container(cfg.model, resolve=True))
     module = SegmentationModule(
-        net=hydra.utils.instantiate(cfg.model),
+        net=accelerate(hydra.utils.instantiate(model_config), **speed),
         loss=hydra.utils.instantiate(cfg.loss),
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
         class_names=datamodule.class_names,
         scheduler_monitor=cfg.optimized_metric,
-        model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        model_config=model_config,
         image_size=datamodule.image_size,
         in_channels=cfg.data.in_channels,
         denoiser=denoiser,

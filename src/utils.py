@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import hydra
 import rich.syntax
 import rich.tree
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
@@ -169,7 +173,8 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
     def wrapped(cfg: DictConfig) -> Any:
         failed = True
         try:
-            result = task(cfg)
+            with ddp_relaunches_this_job():
+                result = task(cfg)
             failed = False
             return result
         except Exception as error:
@@ -185,6 +190,46 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             log.info(f"Output folder: {cfg.paths.output_dir}")
 
     return wrapped
+
+
+# What lightning_fabric's _SubprocessScriptLauncher sets in the launching process.
+_DDP_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def ddp_relaunches_this_job() -> Iterator[None]:
+    """Make DDP work inside a Hydra multirun (the known Lightning + Hydra pitfall).
+
+    Lightning starts the other DDP processes by re-running ``sys.argv`` with
+    ``hydra.run.dir=<HydraConfig's run.dir>``. In a sweep job that command is the whole sweep
+    (``-m`` and the value lists: nested sweeps) and run.dir is a fresh ``outputs/<date>``
+    folder (stray output). So, for the job's duration, the command is this job's overrides
+    alone and run.dir is this job's folder. After the job the process group is destroyed and
+    the variables Lightning's launcher set are restored (with ``LOCAL_RANK`` left set, the
+    next job would take its processes for started by someone else and wait for them
+    forever). Outside a sweep: nothing changes."""
+    job = _hydra_job()
+    if job is None or job.mode != RunMode.MULTIRUN:
+        yield
+        return
+    argv, run_dir = list(sys.argv), job.run.dir
+    environment = {key: os.environ.get(key) for key in _DDP_LAUNCH_VARIABLES}
+    with read_write(job):
+        job.run.dir = job.runtime.output_dir
+    sys.argv = [sys.argv[0], *job.overrides.task]
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(job):
+            job.run.dir = run_dir
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @rank_zero_only

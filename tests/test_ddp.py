@@ -1,17 +1,24 @@
 """Validation and test under DDP (trainer=ddp_sim: two CPU processes over gloo) count every
-image once and score a checkpoint exactly as one process does."""
+image once and score a checkpoint exactly as one process does; DDP works inside a Hydra
+multirun; concurrent processes build the prepared copy and cache once; bf16 runs on a CPU.
+
+One 2-job multirun of two-process DDP runs (``ddp_sweep``) serves all the DDP tests."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import hydra
 import pytest
 from hydra import compose, initialize_config_dir
 
+from src.data import cache
 from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,23 +46,51 @@ def data_overrides(phantom_raw: Path, tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(data_overrides, tmp_path_factory) -> Path:
-    """One epoch and the test of its best checkpoint in two processes, as a user runs it
-    (Lightning starts the second process by re-running the command)."""
-    run_dir = tmp_path_factory.mktemp("ddp") / "run"
+def ddp_sweep(data_overrides, tmp_path_factory) -> Path:
+    """A 2-job multirun (two training seeds), each job one epoch and the test of its best
+    checkpoint in two processes, as a user runs it (Lightning starts the second process of
+    each job by re-running the command). Logs go under the sweep's parent, where a stray
+    ``outputs/`` or ``multirun/`` folder would show."""
+    base = tmp_path_factory.mktemp("ddp")
     cmd = [
         sys.executable,
         "-m",
         "src.train",
+        "-m",
         "+experiment=unet_dice",
         "trainer=ddp_sim",
         *data_overrides,
-        f"hydra.run.dir={run_dir}",
+        "seed=1,2",
+        f"paths.log_dir={base}",
+        f"hydra.sweep.dir={base / 'sweep'}",
     ]
     env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir
+    return base / "sweep"
+
+
+@pytest.fixture(scope="module")
+def ddp_run(ddp_sweep) -> Path:
+    return ddp_sweep / "0"
+
+
+def test_ddp_inside_a_multirun_runs_each_job_once_in_its_folder(ddp_sweep):
+    # No nested sweep and no stray run folder from the re-launched processes.
+    assert sorted(p.name for p in ddp_sweep.parent.iterdir()) == ["sweep"]
+    assert sorted(p.name for p in ddp_sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    for job, seed in (("0", "seed=1"), ("1", "seed=2")):
+        overrides = (ddp_sweep / job / ".hydra" / "overrides.yaml").read_text()
+        assert seed in overrides
+        summary = json.loads((ddp_sweep / job / "checkpoints" / "summary.json").read_text())
+        assert summary["training"]["epochs_run"] == 1
+        assert (ddp_sweep / job / "unet_dice.log").read_text().count("epoch 0/0 | ") == 1
+    # Different seeds trained different weights: each job really ran its own setting.
+    first, second = (
+        json.loads((ddp_sweep / job / "checkpoints" / "summary.json").read_text())["mean"]
+        for job in ("0", "1")
+    )
+    assert first != second
 
 
 def test_ddp_tests_every_image_once(ddp_run):
@@ -98,3 +133,70 @@ def test_one_process_scores_the_ddp_checkpoint_the_same(ddp_run, data_overrides,
     assert single["per_image"] == ddp["per_image"]
     assert single["mean"] == pytest.approx(ddp["mean"], rel=1e-6)
     assert single["per_class"] == ddp["per_class"]
+
+
+def _prepare_in_child(cfg, start, done_at) -> None:
+    """One process of ``test_two_processes_build_the_prepared_copy_and_cache_once``."""
+    datamodule = hydra.utils.instantiate(cfg)
+    start.wait()
+    datamodule.prepare_data()
+    done_at.put(time.monotonic())
+
+
+def test_two_processes_build_the_prepared_copy_and_cache_once(phantom_raw, tmp_path, monkeypatch):
+    # Two processes (as two DDP nodes sharing a file system, or a parallel sweep) prepare the
+    # same data at the same moment. Each build is slowed down and recorded: one process builds
+    # the prepared copy and the cache, the other waits for it and reuses both.
+    events = tmp_path / "builds.txt"
+
+    def recorded(kind, build):
+        def slow_build(*args, **kwargs):
+            result = build(*args, **kwargs)
+            time.sleep(0.5)
+            with events.open("a") as f:
+                f.write(f"{kind} {os.getpid()} {time.monotonic()}\n")
+            return result
+
+        return slow_build
+
+    reader_class = type(hydra.utils.instantiate(_data_config(phantom_raw, tmp_path)).reader)
+    monkeypatch.setattr(reader_class, "prepare", recorded("prepare", reader_class.prepare))
+    monkeypatch.setattr(cache, "_write_arrays", recorded("cache", cache._write_arrays))
+    context = multiprocessing.get_context("fork")  # the patches above reach the children
+    start, done_at = context.Event(), context.Queue()
+    children = [
+        context.Process(
+            target=_prepare_in_child, args=(_data_config(phantom_raw, tmp_path), start, done_at)
+        )
+        for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    start.set()
+    for child in children:
+        child.join(timeout=120)
+        assert child.exitcode == 0
+    finished = sorted(done_at.get(timeout=5) for _ in children)
+    builds = [line.split() for line in events.read_text().splitlines()]
+    assert [kind for kind, _, _ in builds] == ["prepare", "cache"]
+    assert len({pid for _, pid, _ in builds}) == 1  # the same process built both
+    # The other process returned only after the cache was complete: it waited, then reused.
+    assert finished[0] >= float(builds[-1][2])
+    (cache_dir,) = (p for p in (tmp_path / "prepared").glob("*/cache/*") if p.is_dir())
+    assert (cache_dir / cache.IDS_FILE).is_file()
+
+
+def _data_config(phantom_raw: Path, tmp_path: Path):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"data.root={phantom_raw}",
+                "data.synthetic=null",
+                f"data.cache_dir={tmp_path / 'prepared'}",
+                "data.image_size=[32,32]",
+                "paths.output_dir=unused",
+                "data.splits_out=null",
+            ],
+        )
+    return cfg.data

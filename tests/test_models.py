@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
 from src.models import AttentionGate, AttentionUNet, PadToMultiple, SegNet, UNet, build_smp_model
 from src.models.segnet import MaxUnpool2x2
+from src.models.speed import split_speed_options
 
 CONF_DIR = Path(__file__).parents[1] / "conf"
 MODEL_CONFIGS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
@@ -41,7 +43,10 @@ def _compose_model(name: str, *overrides: str):
         config = compose(
             "train", overrides=[f"model={name}", "paths.output_dir=unused", *overrides]
         )
-        return config.model
+        # Without the speed options (src.models.speed), as src.train instantiates it.
+        return OmegaConf.create(
+            split_speed_options(OmegaConf.to_container(config.model, resolve=True))[0]
+        )
 
 
 def _small_overrides(name: str) -> list[str]:

@@ -129,12 +129,13 @@ def parse_scan_name(path: Path) -> dict[str, Any] | None:
 
 
 def list_scans(root: Path) -> dict[str, dict[str, Any]]:
-    """Every scan under ROOT/train (or ROOT itself holding case folders), by competition id
-    (``case<N>_day<D>_slice_<SSSS>``): its path, case, case-day and the name's fields.
-    Files whose name does not parse are reported under the key ``None``'s list."""
-    base = root / "train" if (root / "train").is_dir() else root
+    """Every scan under ROOT/train and ROOT/test (or ROOT itself holding case folders), by
+    competition id (``case<N>_day<D>_slice_<SSSS>``): its path, case, case-day and the name's
+    fields. Files whose name does not parse are listed under ``"__unparsed__"``."""
+    bases = [root / part for part in ("train", "test") if (root / part).is_dir()] or [root]
     scans: dict[str, dict[str, Any]] = {}
-    for path in sorted(base.glob("case*/case*_day*/scans/*.png")):
+    paths = sorted(p for base in bases for p in base.glob("case*/case*_day*/scans/*.png"))
+    for path in paths:
         fields = parse_scan_name(path)
         case_day = path.parent.parent.name
         if fields is None:

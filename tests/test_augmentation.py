@@ -20,7 +20,12 @@ from src.data.transforms import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = sorted((ROOT / "conf" / "augmentation").glob("*.yaml"))
+# The albumentations presets (gpu.yaml batches torch transforms: tests/test_gpu_augment.py).
+PRESETS = sorted(
+    path
+    for path in (ROOT / "conf" / "augmentation").glob("*.yaml")
+    if OmegaConf.load(path)["_target_"] == "albumentations.Compose"
+)
 SIZE = 64
 
 

@@ -29,7 +29,12 @@ from src.data.readers.fetal_head import FetalHeadReader
 from src.synthetic.record import write_phantom_record
 
 ROOT = Path(__file__).resolve().parents[1]
-AUGMENTATIONS = sorted((ROOT / "conf" / "augmentation").glob("*.yaml"))
+# The albumentations presets (gpu.yaml batches torch transforms: tests/test_gpu_augment.py).
+AUGMENTATIONS = sorted(
+    path
+    for path in (ROOT / "conf" / "augmentation").glob("*.yaml")
+    if OmegaConf.load(path)["_target_"] == "albumentations.Compose"
+)
 # 9 subjects, each with one TT and one TC image: 3 folds of 3 subjects (6 images) each.
 ROWS = [(f"P{i}", plane) for i in range(9) for plane in ("tt", "tc")]
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from src.data.cache import build_cache, cache_dir_for, open_cache
 from src.data.classes import from_bitmask
 from src.data.context import context_ids, stack_channels
+from src.data.gpu_augment import DevicePath, GpuAugment
 from src.data.images import image_tensor
 from src.data.prepared import Reader, build_dir_atomically, locked, read_index, why_outdated
 from src.data.splits import SPLIT_NAMES, Splits, make_splits, read_splits
@@ -160,6 +161,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         slice_column: str | None = None,
         context_slices: int = 0,
         drop_empty: bool = False,
+        cache_device: str = "cpu",
     ):
         super().__init__()
         self.reader = reader
@@ -206,6 +208,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.splits_file = Path(splits_file) if splits_file else None
         self.splits_out = Path(splits_out) if splits_out else None
         self.train_transform = train_transform
+        # The GPU data path (src.data.gpu_augment): the cache on the device and/or augmentation
+        # of whole batches there (augmentation=gpu); None when neither is asked for.
+        self.device_path = DevicePath.create(cache_device, train_transform)
         self.group_column = group_column
         self.stratify_column = stratify_column
         self.select = {
@@ -345,6 +350,8 @@ class SegmentationDataModule(pl.LightningDataModule):
                 else [tuple(row_of[c] for c in channels_of[i]) for i in ids]
             )
             transform = self.train_transform if split == "train" else None
+            if isinstance(transform, GpuAugment):  # applied to whole batches on the device
+                transform = None
             self._datasets[split] = CachedSegmentationDataset(
                 cache_dir, rows_of_ids, ids, transform, multilabel
             )
@@ -406,6 +413,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         and Lightning keeps a sampler that already is a DistributedSampler. (Training keeps
         Lightning's, whose equal batch counts DDP's gradient sync needs.)"""
         dataset = self._datasets[split]
+        if self.device_path is not None:
+            dataset = self.device_path.loader_dataset(dataset)
         training = split == "train"
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         return DataLoader(
@@ -423,6 +432,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.device_path is None:
+            return batch
+        training = self.trainer is not None and self.trainer.training
+        return self.device_path(batch, self.trainer.strategy.root_device, training)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

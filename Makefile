@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint train bench-data clean viewer viewer-check chromium
+.PHONY: install test test-all lint train bench bench-data clean viewer viewer-check chromium
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ train: install
 
 bench-data: install
 	$(BIN)/python -m src.bench_data
+
+# Training throughput (Trainer vs plain loop, loader, FLOPs) appended to BENCHMARKS.md; the
+# full grid is meant for a GPU: make bench ARGS="--sizes 64 --base-channels 16 --steps 5" on a CPU.
+bench: install
+	$(BIN)/python -m src.bench $(ARGS)
 
 # The viewer on http://127.0.0.1:8501 (Ctrl+C stops it):
 #   make viewer ARGS="ckpt_path=<file.ckpt> [run_dir=<evaluated run>] [data overrides]"

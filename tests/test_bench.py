@@ -1,0 +1,73 @@
+"""python -m src.bench on the smallest settings: the rows it appends to BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from src.bench import HEADER, main, peak_tflops
+
+TINY = [
+    "--models",
+    "unet",
+    "--sizes",
+    "32",
+    "--base-channels",
+    "4",
+    "--batch-size",
+    "2",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--precisions",
+    "32-true",
+    "--channels-last",
+    "off",
+    "--compile",
+    "off",
+    "--num-workers",
+    "0",
+]
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def test_bench_appends_a_section_per_run_and_keeps_earlier_ones(phantom_raw, tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    data = [
+        f"data.root={phantom_raw}",
+        "data.synthetic=null",
+        f"data.cache_dir={tmp_path / 'prepared'}",
+    ]
+    main([*TINY, "--out", str(out), *data])
+    first = out.read_text()
+    main([*TINY, "--precisions", "bf16-mixed", "--no-loader", "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith(first)  # the first run's section is kept as written
+    assert text.count("# Benchmarks") == 1
+    sections = re.findall(r"^## .*: CPU: .*$", text, flags=re.MULTILINE)
+    assert len(sections) == 2
+    assert text.count(HEADER) == 2
+    assert "- versions: torch " in text and "- command: `python -m src.bench --models unet" in text
+    rows = [line for line in text.splitlines() if line.startswith("| UNet base 4 |")]
+    assert len(rows) == 2
+    first_row, second_row = map(_cells, rows)
+    assert first_row[:6] == ["UNet base 4", "32", "2", "32-true", "off", "off"]
+    assert second_row[3] == "bf16-mixed"
+    trainer, plain, loader = (float(first_row[i].replace(",", "")) for i in (6, 7, 9))
+    assert trainer > 0 and plain > 0 and loader > 0
+    assert second_row[9] == "-"  # --no-loader
+    overhead = float(first_row[8].rstrip("%")) / 100
+    assert overhead == pytest.approx(plain / trainer - 1, abs=0.01)  # rounded figures
+    assert float(first_row[10]) > 0  # GFLOP per training image
+
+
+def test_peak_is_an_estimate_on_a_cpu():
+    peak, how = peak_tflops(torch.device("cpu"), "32-true")
+    assert how.startswith("estimate") or how.startswith("unknown")
+    assert peak is None or peak > 0

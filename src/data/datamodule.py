@@ -131,6 +131,10 @@ class SegmentationDataModule(pl.LightningDataModule):
     ``generate``) names the one location where missing data is generated (``generate(out)``,
     the phantom); any other missing ``root`` is an error, never a silent switch to fake data.
     ``denoise``: a classical despeckling filter applied to every cached image (its own cache).
+    Slices of volumes (``volume_column``, ordered by ``slice_column``): ``context_slices=k``
+    stacks the k neighbours on each side as channels (``src.data.context``); ``drop_empty``
+    leaves the training slices without any foreground out (val and test never: both settings
+    are scored on the same slices). Multi-label class sets give (B, K, H, W) float masks.
     Generating, preparing and caching are locked, so concurrent runs (sweeps, nodes sharing a
     file system) do each once.
     """

@@ -23,6 +23,10 @@ What each config computes (smp 0.6; ``w`` = ``class_weights``, over the included
 - ``lovasz``: the mean, over the included classes present in the batch, of the Lovasz
   extension of ``1 - IoU`` on softmax probabilities; no class weights (see the class).
 - ``dice_ce``, ``dice_focal``: ``CombinedLoss`` of the configs above, each weight 1.
+- ``bce_dice`` (multi-label data, e.g. ``data=uwmgi``: logits and targets (B, K, H, W), one
+  channel per foreground class, classes may overlap): ``CombinedLoss`` of smp's DiceLoss in
+  multilabel mode (soft Dice on sigmoid probabilities per class) and torch's
+  BCEWithLogitsLoss, each weight 1.
 
 Background: ``include_background: false`` maps to smp's ``classes=[1..C-1]`` (dice, tversky,
 lovasz); for ce and focal a class weight of 0 leaves it out. ``ignore_index`` is unset, as the

@@ -377,3 +377,10 @@ def test_predict_writes_the_competition_submission(uwmgi_raw, trained, tmp_path)
     assert len(list((tmp_path / "pred" / "masks").glob("*.png"))) == 6 * 2 * SLICES_PER_DAY
     with pytest.raises(FileExistsError):
         predict_volume_layout(load_model(trained[0]), uwmgi_raw, tmp_path / "pred")
+
+
+def test_data_config_channels_follow_the_context():
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["data=uwmgi", "data.root=x", "data.context_slices=2"])
+    assert cfg.data.in_channels == 5 and cfg.model.in_channels == 5
+    assert cfg.data.num_classes == UWMGI.num_outputs == 3

@@ -250,7 +250,7 @@ def time_loader(cfg, steps: int, device: torch.device) -> float:
     for i, batch in enumerate(batches):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         if datamodule.device_path is not None:  # augmentation=gpu, data.cache_device=cuda
-            datamodule.device_path(batch, device, training=True)
+            batch = datamodule.device_path(batch, device, training=True)
         if i == 0:
             synchronize(device)
             start = time.perf_counter()
@@ -298,24 +298,28 @@ def peak_tflops(device: torch.device, precision: str) -> tuple[float | None, str
             if key in name:
                 return (fp32 if precision == "32-true" else half), f"data sheet ({key})"
         return None, f"unknown for {name}: add it to src.bench.PEAK_TFLOPS"
-    return cpu_peak_estimate()
+    return cpu_peak_estimate(precision)
 
 
-def cpu_peak_estimate() -> tuple[float | None, str]:
-    """cores x clock x FLOPs per cycle (2 FMA units x vector lanes x 2): an upper bound; bf16
-    on a CPU without AMX runs at best at the fp32 rate, so the same figure serves both."""
+def cpu_peak_estimate(precision: str = "32-true") -> tuple[float | None, str]:
+    """cores x clock x FLOPs per cycle: 2 FMA units x fp32 vector lanes x 2, an upper bound
+    (the listed clock, not turbo). bf16 counts twice that where the CPU has AVX512-BF16 dot
+    products; AMX and fp16 are not modelled (fp16 autocast on a CPU: the fp32 rate)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None, "unknown (no /proc/cpuinfo)"
     mhz = [float(v) for v in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)]
     flags = set(re.search(r"flags\s*:(.*)", info).group(1).split()) if "flags" in info else set()
-    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     if not mhz:
         return None, "unknown (no clock in /proc/cpuinfo)"
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    per_cycle = 2 * lanes * 2
+    if precision == "bf16-mixed" and "avx512_bf16" in flags:
+        per_cycle *= 2
     cores = os.cpu_count() or 1
-    peak = cores * max(mhz) * 1e6 * 2 * lanes * 2 / 1e12
-    return peak, f"estimate: {cores} cores x {max(mhz):.0f} MHz x {2 * lanes * 2} FLOP/cycle"
+    peak = cores * max(mhz) * 1e6 * per_cycle / 1e12
+    return peak, f"estimate: {cores} cores x {max(mhz):.0f} MHz x {per_cycle} FLOP/cycle"
 
 
 def versions() -> str:
@@ -340,7 +344,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["unet", "smp_unet"], choices=MODELS)
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=["unet", "smp_unet"],
+        choices=MODELS,
+        help="none (a bare --models): time the loader alone",
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", nargs="+", default=["off", "on"], choices=on_off)
@@ -383,6 +393,14 @@ def run(args: argparse.Namespace, out: Path | None = None) -> list[str]:
             if args.no_loader
             else time_loader(compose_train_config(data), args.loader_steps or args.steps, device)
         )
+        if not args.models and loader is not None:
+            rows.append(
+                f"| (loader only) | {size} | {args.batch_size} | - | - | - | - | - | - "
+                f"| {loader:,.1f} | - | - |"
+            )
+            if out is not None:
+                with out.open("a") as f:
+                    f.write(rows[-1] + "\n")
         for model in args.models:
             cfg = compose_train_config([*data, *model_overrides(model, args.base_channels)])
             flops = training_flops_per_image(cfg, size, device)

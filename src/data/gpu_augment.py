@@ -151,17 +151,13 @@ def speckle(
     batch, _, height, width = image.shape
     max_looks = int(looks.max())
     axial, lateral = (fraction * width for fraction in grain)
-    power = torch.zeros(batch, 1, height, width, device=image.device)
-    for k in range(max_looks):
-        real, imaginary = (
-            _gaussian_blur(
-                torch.randn(batch, 1, height, width, device=image.device), lateral, axial
-            )
-            for _ in range(2)
-        )
-        look = real**2 + imaginary**2
-        look = look / look.mean(dim=(1, 2, 3), keepdim=True)
-        power = power + look * (k < looks).view(-1, 1, 1, 1)
+    # Every look's two field components blurred in one call (one kernel launch per axis).
+    fields = torch.randn(batch * max_looks * 2, 1, height, width, device=image.device)
+    fields = _gaussian_blur(fields, lateral, axial).view(batch, max_looks, 2, height, width)
+    looks_power = fields.pow(2).sum(dim=2)  # (B, L, H, W): |complex field|^2
+    looks_power = looks_power / looks_power.mean(dim=(2, 3), keepdim=True)
+    used = torch.arange(max_looks, device=image.device).view(1, -1, 1, 1) < looks.view(-1, 1, 1, 1)
+    power = (looks_power * used).sum(dim=1, keepdim=True)
     n = looks.view(-1, 1, 1, 1).float()
     log_bias = torch.special.digamma(n) - torch.log(n)  # E[ln power] of the gamma distribution
     speckle_db = _DB_PER_NEPER * (torch.log((power / n).clamp(min=1e-12)) - log_bias)

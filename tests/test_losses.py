@@ -65,6 +65,19 @@ def _compose_loss(name: str, *overrides: str, **changes) -> nn.Module:
     return instantiate(config)
 
 
+def _is_multilabel(name: str) -> bool:
+    """Whether loss config ``name`` is for sigmoid multi-label data (targets (B, K, H, W))."""
+    return "multilabel" in str(_loss_config(name))
+
+
+def _target_for(name: str, labels: torch.Tensor, num_classes: int = 4) -> torch.Tensor:
+    """The target loss ``name`` takes for a label map: the map itself (softmax losses) or one
+    0/1 channel per class (multi-label losses)."""
+    if not _is_multilabel(name):
+        return labels
+    return nn.functional.one_hot(labels, num_classes).permute(0, 3, 1, 2).float()
+
+
 def _confident_logits(target: torch.Tensor, num_classes: int = 4) -> torch.Tensor:
     """+50 for the true class, -50 elsewhere: right under softmax and under per-class sigmoid."""
     one_hot = nn.functional.one_hot(target, num_classes).permute(0, 3, 1, 2).float()
@@ -87,6 +100,17 @@ def test_loss_configs_exist():
 )
 def test_loss_configs_give_hand_computed_values(name, expected):
     assert _compose_loss(name)(LOGITS, TARGET).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_bce_dice_config_gives_hand_computed_values_on_overlapping_classes():
+    # One pixel in both classes (an overlap), logits (ln 3, 0): sigmoid 3/4 and 1/2.
+    # BCE: mean of -ln(3/4) and -ln(1/2). Soft Dice per class: 2p / (p + 1), loss 1 - that,
+    # mean over the two classes.
+    logits = torch.tensor([math.log(3), 0.0]).reshape(1, 2, 1, 1)
+    target = torch.ones(1, 2, 1, 1)
+    bce = (-math.log(3 / 4) - math.log(1 / 2)) / 2
+    dice = ((1 - 1.5 / 1.75) + (1 - 1.0 / 1.5)) / 2
+    assert _compose_loss("bce_dice")(logits, target).item() == pytest.approx(bce + dice, rel=1e-5)
 
 
 def test_focal_config_is_a_per_class_binary_focal_loss():
@@ -135,8 +159,9 @@ def test_lovasz_without_any_chosen_class_present_is_zero_and_differentiable():
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_perfect_prediction_gives_near_zero_loss(name):
-    target = torch.tensor([[[0, 1], [2, 3]]])
-    assert _compose_loss(name)(_confident_logits(target), target).item() == pytest.approx(
+    labels = torch.tensor([[[0, 1], [2, 3]]])
+    target = _target_for(name, labels)
+    assert _compose_loss(name)(_confident_logits(labels), target).item() == pytest.approx(
         0.0, abs=1e-5
     )
 
@@ -232,7 +257,7 @@ def test_every_loss_config_trains_a_network(name):
     torch.manual_seed(0)
     net = nn.Conv2d(1, 4, kernel_size=3, padding=1)
     image = torch.randn(1, 1, 64, 64)
-    target = torch.randint(0, 4, (1, 64, 64))
+    target = _target_for(name, torch.randint(0, 4, (1, 64, 64)))
 
     value = _compose_loss(name)(net(image), target)
     value.backward()
@@ -252,7 +277,7 @@ def test_every_loss_config_is_safe_under_bf16_autocast(name):
     torch.manual_seed(0)
     net = nn.Conv2d(8, 4, kernel_size=1)  # a conv: autocast runs it in bf16
     image = 3 * torch.randn(2, 8, 64, 64)
-    target = torch.randint(0, 4, (2, 64, 64))
+    target = _target_for(name, torch.randint(0, 4, (2, 64, 64)))
     loss = _compose_loss(name)
 
     full_precision = loss(net(image), target)

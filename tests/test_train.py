@@ -17,9 +17,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.lit.segmentation import SegmentationModule
+from src.models.speed import split_speed_options
 from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -337,7 +338,8 @@ def test_summary_records_the_training(scripted_run, data_overrides):
     assert training["monitor"] == "val/dice_mean"
     assert (training["last_epoch"], training["epochs_run"]) == (2, 3)
     assert training["seconds_per_epoch"] > 0
-    net = hydra.utils.instantiate(short_run(data_overrides, run_dir).model)
+    model_config = OmegaConf.to_container(short_run(data_overrides, run_dir).model, resolve=True)
+    net = hydra.utils.instantiate(split_speed_options(model_config)[0])
     assert training["num_parameters"] == sum(p.numel() for p in net.parameters())
 
 

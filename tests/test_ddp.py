@@ -47,10 +47,10 @@ def data_overrides(phantom_raw: Path, tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ddp_sweep(data_overrides, tmp_path_factory) -> Path:
-    """A 2-job multirun (two training seeds), each job one epoch and the test of its best
-    checkpoint in two processes, as a user runs it (Lightning starts the second process of
-    each job by re-running the command). Logs go under the sweep's parent, where a stray
-    ``outputs/`` or ``multirun/`` folder would show."""
+    """A 2-job multirun, each job one epoch in two processes (job 0 then tests its best
+    checkpoint; job 1 skips the test, to keep this short), as a user runs it (Lightning
+    starts the second process of each job by re-running the command). Logs go under the
+    sweep's parent, where a stray ``outputs/`` or ``multirun/`` folder would show."""
     base = tmp_path_factory.mktemp("ddp")
     cmd = [
         sys.executable,
@@ -60,12 +60,12 @@ def ddp_sweep(data_overrides, tmp_path_factory) -> Path:
         "+experiment=unet_dice",
         "trainer=ddp_sim",
         *data_overrides,
-        "seed=1,2",
+        "test=true,false",
         f"paths.log_dir={base}",
         f"hydra.sweep.dir={base / 'sweep'}",
     ]
     env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return base / "sweep"
 
@@ -79,18 +79,14 @@ def test_ddp_inside_a_multirun_runs_each_job_once_in_its_folder(ddp_sweep):
     # No nested sweep and no stray run folder from the re-launched processes.
     assert sorted(p.name for p in ddp_sweep.parent.iterdir()) == ["sweep"]
     assert sorted(p.name for p in ddp_sweep.iterdir()) == ["0", "1", "multirun.yaml"]
-    for job, seed in (("0", "seed=1"), ("1", "seed=2")):
-        overrides = (ddp_sweep / job / ".hydra" / "overrides.yaml").read_text()
-        assert seed in overrides
-        summary = json.loads((ddp_sweep / job / "checkpoints" / "summary.json").read_text())
-        assert summary["training"]["epochs_run"] == 1
+    for job, setting in (("0", "test=true"), ("1", "test=false")):
+        # (Hydra records a swept bool as Python writes it: test=True)
+        assert setting in (ddp_sweep / job / ".hydra" / "overrides.yaml").read_text().lower()
+        assert (ddp_sweep / job / "checkpoints" / "epoch_000.ckpt").is_file()
         assert (ddp_sweep / job / "unet_dice.log").read_text().count("epoch 0/0 | ") == 1
-    # Different seeds trained different weights: each job really ran its own setting.
-    first, second = (
-        json.loads((ddp_sweep / job / "checkpoints" / "summary.json").read_text())["mean"]
-        for job in ("0", "1")
-    )
-    assert first != second
+    # Each job ran its own setting (a nested sweep would have run both in each folder).
+    assert (ddp_sweep / "0" / "checkpoints" / "summary.json").is_file()
+    assert not (ddp_sweep / "1" / "checkpoints" / "summary.json").exists()
 
 
 def test_ddp_tests_every_image_once(ddp_run):

@@ -153,6 +153,27 @@ def test_random_batches_keep_masks_aligned_with_their_images(scan):
     assert not torch.equal(out_masks, masks)  # something moved
 
 
+def test_multilabel_masks_move_with_their_label_map_and_keep_overlaps(scan):
+    # Two overlapping channels (label >= 1, label >= 2) must come out as the same thresholds of
+    # the label map warped by the same draws.
+    _, mask = scan
+    labels = torch.from_numpy(mask).long().repeat(4, 1, 1)
+    channels = torch.stack([labels >= 1, labels >= 2], dim=1).float()
+    images = torch.rand(4, 1, *labels.shape[-2:])
+    augment = GpuAugment(
+        flip_p=0.5,
+        affine={"p": 1.0, "scale": [0.9, 1.1], "translate_percent": [0, 0.05], "rotate": [-15, 15]},
+    )
+    torch.manual_seed(3)
+    _, warped_labels = augment(images, labels)
+    torch.manual_seed(3)
+    _, warped_channels = augment(images, channels)
+    assert warped_channels.shape == channels.shape and warped_channels.dtype == channels.dtype
+    assert torch.equal(warped_channels[:, 0].bool(), warped_labels >= 1)
+    assert torch.equal(warped_channels[:, 1].bool(), warped_labels >= 2)
+    assert warped_channels[:, 1].sum() > 0  # the overlap survived
+
+
 def _data(phantom_raw, tmp_path, *overrides: str):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(

@@ -98,10 +98,14 @@ def warp(image: torch.Tensor, mask: torch.Tensor, matrices: torch.Tensor, chosen
     theta = (to_unit @ torch.linalg.inv(maps) @ torch.linalg.inv(to_unit))[:, :2]
     grid = F.affine_grid(theta, list(image.shape), align_corners=False)
     warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # A label map (B, H, W) is warped as one channel; multi-label masks (B, K, H, W) channel by
+    # channel, so overlapping classes stay overlapping.
+    channels = mask.float() if mask.dim() == 4 else mask.unsqueeze(1).float()
     labels = F.grid_sample(
-        mask.unsqueeze(1).float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+        channels, grid, mode="nearest", padding_mode="zeros", align_corners=False
     )
-    return warped, labels.squeeze(1).round().to(mask.dtype)
+    labels = labels.round().to(mask.dtype)
+    return warped, labels if mask.dim() == 4 else labels.squeeze(1)
 
 
 def brightness_contrast(
@@ -197,7 +201,8 @@ class GpuAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, mask: torch.Tensor):
-        """``image`` (B, C, H, W) float in [0, 1], ``mask`` (B, H, W) labels."""
+        """``image`` (B, C, H, W) float in [0, 1], ``mask`` (B, H, W) labels or (B, K, H, W)
+        0/1 channels (multi-label data)."""
         n, device = image.shape[0], image.device
         height, width = image.shape[-2:]
         if self.speckle:

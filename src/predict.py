@@ -1,4 +1,4 @@
-"""Predict label masks, overlays and head biometry for PNG/JPEG images (no labels needed).
+"""Predict label masks, overlays and head biometry for image files (no labels needed).
 
     python -m src.predict ckpt_path=<file.ckpt or [a.ckpt,b.ckpt]> input=<image|folder>
         out_dir=<folder>
@@ -41,7 +41,7 @@ from src.biometry import (
 )
 from src.data import images
 from src.data.classes import ClassSet, class_set_for
-from src.data.images import FILE_CHANNELS
+from src.data.images import FILE_CHANNELS, IMAGE_SUFFIXES
 from src.data.prepared import check_replaceable, replace_dir
 from src.data.readers.hc18 import PIXEL_SIZE, SUBMISSION_CSV, read_pixel_csv, write_submission
 from src.evaluation.checkpoint import RestoredModel, load_ensemble
@@ -51,7 +51,6 @@ from src.visualize import biometry_overlay
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BIOMETRY_CSV = "biometry.csv"  # also the mark of a prediction folder (see check_replaceable)
 PREDICTION_KIND = "prediction folder"
 SKIPPED_CSV = "skipped.csv"
@@ -76,12 +75,12 @@ def list_inputs(input_path: str | Path) -> list[Path]:
         raise FileNotFoundError(f"input {path} does not exist (expected an image or a folder)")
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
-        raise ValueError(f"input folder {path} holds no files (expected PNG/JPEG images)")
+        raise ValueError(f"input folder {path} holds no files (expected image files)")
     return files
 
 
 def read_image(path: Path, in_channels: int = 1) -> np.ndarray:
-    """A PNG/JPEG file as a uint8 grey (H, W) or RGB (H, W, 3) image (``in_channels``, the
+    """An image file as a uint8 grey (H, W) or RGB (H, W, 3) image (``in_channels``, the
     model's); ValueError naming the file otherwise."""
     _check_image_name(str(path))
     return images.read_image(path, in_channels)
@@ -89,11 +88,11 @@ def read_image(path: Path, in_channels: int = 1) -> np.ndarray:
 
 def _check_image_name(name: str) -> None:
     if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{name}: not a PNG/JPEG file (expected {', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"{name}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
 
 
 def decode_image(data: bytes, name: str, in_channels: int = 1) -> np.ndarray:
-    """The bytes of a PNG/JPEG file called ``name`` (a file, an upload) as a uint8 grey
+    """The bytes of an image file called ``name`` (a file, an upload) as a uint8 grey
     (H, W) or RGB (H, W, 3) image; ValueError naming it otherwise."""
     _check_image_name(name)
     return images.decode_image(data, name, in_channels)

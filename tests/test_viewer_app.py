@@ -180,7 +180,7 @@ def test_an_uploaded_scan_is_measured_in_mm_with_a_typed_pixel_size(monkeypatch,
     "name, data, message",
     [
         ("broken.png", b"\x89PNG\r\n\x1a\n not really", "broken.png: cannot be decoded"),
-        ("notes.txt", b"hello", "notes.txt: not a PNG/JPEG"),
+        ("notes.txt", b"hello", "notes.txt: not an image file"),
         ("mask.png", cv2.imencode(".png", np.eye(64, dtype=np.uint8))[1].tobytes(), "grey level"),
         (
             "photo.jpg",

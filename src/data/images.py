@@ -17,6 +17,9 @@ import torch
 # Channel counts an image file can hold. More channels (2.5D stacks of neighbouring slices)
 # are stacked from single-channel files after decoding, not read from one file.
 FILE_CHANNELS = (1, 3)
+# The image file types every reader of user files (src.predict, the viewer, denoising pairs)
+# takes: those OpenCV decodes, TIFF included (the LGG MRI slices).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def decode_image(data: bytes, name: str, in_channels: int = 1) -> np.ndarray:

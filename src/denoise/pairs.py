@@ -22,11 +22,11 @@ import torch
 from torch.utils.data import Dataset
 
 from src.data.cache import resize_image
+from src.data.images import IMAGE_SUFFIXES
 from src.synthetic.phantom import render_scan, speckle_envelope
 from src.synthetic.record import REAL_SIZE
 
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # As the phantom record draws them (src.synthetic.record): about the real record's shares of
 # images showing CSP / LV, and its pixel sizes at the real width.
 _CSP_RATE, _LV_RATE, _PIXEL_MM = 0.5, 0.4, (0.07, 0.33)

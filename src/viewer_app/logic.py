@@ -116,7 +116,7 @@ def data_mismatch(model: RestoredModel, data_class_names: Sequence[str] | None) 
 
 def read_upload(name: str, data: bytes) -> np.ndarray:
     """An uploaded file as a uint8 grey scan; ValueError naming the file and what is wrong
-    (not a PNG/JPEG, undecodable, or not a grey ultrasound scan)."""
+    (not an image file, undecodable, or not a grey ultrasound scan)."""
     grey = decode_image(data, name)
     colour = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     problem = scan_problem(colour)

@@ -45,7 +45,9 @@ def seconds_per_scan(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ckpt_path", type=Path)
-    parser.add_argument("input", type=Path, help="a PNG/JPEG scan, or a folder of them")
+    parser.add_argument(
+        "input", type=Path, help="an image file (PNG, JPEG, ...), or a folder of them"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)

@@ -34,6 +34,7 @@ import numpy as np
 
 from src.data.cache import resize_mask
 from src.data.classes import FETAL_HEAD, RGB
+from src.data.images import IMAGE_SUFFIXES
 from src.data.prepared import write_png, write_prepared
 from src.data.readers.hc18 import hc18_subject
 
@@ -53,7 +54,6 @@ PALETTES: dict[str, dict[RGB, int]] = {
 }
 
 PLANES = ("Trans-thalamic", "Trans-ventricular", "Trans-cerebellum", "Diverse")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # Below half the smallest distance between two colours of any palette (VOC: 128), so a colour
 # is never within tolerance of two palette colours.

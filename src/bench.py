@@ -15,7 +15,8 @@ images per second
   ``torch.autocast``, loss, backward, step (``GradScaler`` for 16-mixed);
 
 on the same preloaded batches on the device (so neither waits for data), after ``--warmup``
-steps (compilation, cuDNN autotuning). ``overhead`` = plain / Trainer - 1. The loader is timed
+steps (compilation, cuDNN autotuning), in ``--repeats`` interleaved rounds whose medians are
+reported. ``overhead`` = plain / Trainer - 1. The loader is timed
 alone (the DataModule's training loader with its augmentation, batches moved to the device, no
 model) once per size. FLOPs per training image (forward + backward) come from
 ``torch.utils.flop_counter`` on the meta device; ``% peak`` divides the achieved FLOP/s by the
@@ -36,6 +37,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -359,6 +361,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="interleaved Trainer / plain-loop rounds per setting; the medians are reported",
+    )
     parser.add_argument("--num-workers", type=int, default=8, help="the loader's workers")
     parser.add_argument("--loader-steps", type=int, default=None, help="default: --steps")
     parser.add_argument("--no-loader", action="store_true", help="skip timing the loader")
@@ -410,8 +418,18 @@ def run(args: argparse.Namespace, out: Path | None = None) -> list[str]:
             ):
                 setting = Setting(model, size, precision, channels_last, compiled)
                 log.info("bench: %s", setting)
-                trainer_ips = time_trainer(cfg, setting, batches, args.warmup, args.steps, device)
-                plain_ips = time_plain_loop(cfg, setting, batches, args.warmup, args.steps, device)
+                # Interleaved rounds, medians: a load change on a shared machine (or clock
+                # boost) then hits both sides alike instead of skewing the overhead ratio.
+                trainer_runs, plain_runs = [], []
+                for _ in range(args.repeats):
+                    trainer_runs.append(
+                        time_trainer(cfg, setting, batches, args.warmup, args.steps, device)
+                    )
+                    plain_runs.append(
+                        time_plain_loop(cfg, setting, batches, args.warmup, args.steps, device)
+                    )
+                trainer_ips = statistics.median(trainer_runs)
+                plain_ips = statistics.median(plain_runs)
                 peak, _ = peak_tflops(device, precision)
                 fraction = trainer_ips * flops / (peak * 1e12) if peak else None
                 rows.append(
@@ -448,7 +466,8 @@ def start_section(out: Path, args: argparse.Namespace, argv: Sequence[str]) -> N
         f"- versions: {versions()}\n"
         f"- command: `python -m src.bench {shlex.join(argv)}`\n"
         f"- settings: batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed "
-        f"steps on 4 preloaded random batches; loader: {args.num_workers} workers, "
+        f"steps on 4 preloaded random batches, median of {args.repeats} interleaved "
+        f"Trainer / plain-loop rounds; loader: {args.num_workers} workers, "
         f"augmentation as configured, {args.loader_steps or args.steps} batches; load average "
         f"at the start {os.getloadavg()[0]:.1f} (other processes may share the CPU)\n"
         f"- peak used for % peak: {peak_text}\n\n" + HEADER

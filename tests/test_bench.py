@@ -22,6 +22,8 @@ TINY = [
     "2",
     "--warmup",
     "1",
+    "--repeats",
+    "1",
     "--precisions",
     "32-true",
     "--channels-last",

@@ -287,6 +287,7 @@ def test_the_data_config_generates_its_synthetic_record_where_no_root_is_given(t
             "train",
             [
                 "+experiment=lgg_attention_unet",
+                "data=lgg_synthetic",
                 f"paths.data_dir={tmp_path}",
                 "data.synthetic.generate.n_patients=4",
                 "data.synthetic.generate.tumour_free=1",

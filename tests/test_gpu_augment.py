@@ -219,16 +219,21 @@ def test_device_cache_refuses_cpu_augmentation():
     assert DevicePath.create("cpu", A.Compose([A.HorizontalFlip()])) is None
 
 
-def test_training_step_with_gpu_augmentation(tiny_run, tmp_path):
+@pytest.mark.parametrize("cache_device", ["cpu", "cuda"])
+def test_training_step_with_gpu_augmentation(tiny_run, tmp_path, cache_device):
+    # "cuda" runs on the CPU here (the cache goes where the model is); the validation-image
+    # callback must find images, not the row numbers that loader carries.
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
             "train",
             overrides=[
                 *tiny_run,
                 "augmentation=gpu",
+                f"data.cache_device={cache_device}",
                 "trainer.fast_dev_run=true",
                 f"paths.output_dir={tmp_path}",
             ],
         )
     metrics = train(cfg)
     assert np.isfinite(metrics["train/loss_step"])
+    assert list(tmp_path.rglob("val_images/*.png"))

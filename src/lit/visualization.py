@@ -152,11 +152,15 @@ class ValidationImages(Callback):
 
     def _fixed_samples(self, trainer: pl.Trainer) -> list[dict]:
         """The first ``num_images`` items of the validation dataset (unaugmented), read once.
-        The dataset, not the loader: under DDP the loader holds this process's share only."""
+        The dataset, not the loader: under DDP the loader holds this process's share only, and
+        with ``data.cache_device=cuda`` its items are row numbers, not images."""
         if self._samples is None:
-            loaders = trainer.val_dataloaders
-            loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
-            dataset = loader.dataset
+            datamodule = trainer.datamodule
+            if datamodule is not None and hasattr(datamodule, "dataset"):
+                dataset = datamodule.dataset("val")
+            else:
+                loaders = trainer.val_dataloaders
+                dataset = (loaders[0] if isinstance(loaders, list | tuple) else loaders).dataset
             self._samples = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
         return self._samples
 

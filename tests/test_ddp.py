@@ -129,6 +129,17 @@ def test_one_process_scores_the_ddp_checkpoint_the_same(ddp_run, data_overrides,
     assert single["per_image"] == ddp["per_image"]
     assert single["mean"] == pytest.approx(ddp["mean"], rel=1e-6)
     assert single["per_class"] == ddp["per_class"]
+    # The trainer's own test pass at the training size: torchmetrics states gathered from the
+    # two processes give what one process computes.
+    ddp_pass, single_pass = ddp["training_resolution"], single["training_resolution"]
+    assert ddp_pass["mean"] and single_pass["mean"] == pytest.approx(ddp_pass["mean"], rel=1e-6)
+    per_class = {
+        (name, metric): [run["per_class"][name][metric] for run in (ddp_pass, single_pass)]
+        for name in ddp_pass["per_class"]
+        for metric in ddp_pass["per_class"][name]
+    }
+    for ddp_value, single_value in per_class.values():
+        assert single_value == pytest.approx(ddp_value, rel=1e-6, nan_ok=True)
 
 
 def _prepare_in_child(cfg, start, done_at) -> None:

@@ -39,16 +39,15 @@ Pure numpy / OpenCV / scipy: no Lightning, Hydra or torch.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
 from src.data.classes import FETAL_HEAD, ClassSet
+from src.ellipse import Ellipse, ellipse_frame, fit_ellipse, ramanujan_circumference
 
 PixelSize = float | tuple[float, float] | None
 
@@ -68,10 +67,6 @@ CHECK_UNSUPPORTED = 0.10
 CHECK_MAX_RESIDUAL_REL = 0.06
 _MIN_POINTS = 6  # fewer boundary points than this: no measurable head
 _ROBUST_ITERATIONS = 10
-
-
-# The ellipse parameters of a HeadMeasurement (centre, semi-axes, angle), in this order.
-ELLIPSE_FIELDS = ("center_x", "center_y", "semi_axis_a", "semi_axis_b", "angle_rad")
 
 
 @dataclass(frozen=True)
@@ -138,21 +133,6 @@ class Biometry:
         return row
 
 
-@dataclass(frozen=True)
-class _Ellipse:
-    cx: float
-    cy: float
-    a: float  # major semi-axis, along angle
-    b: float
-    angle: float  # radians in [0, pi)
-
-
-def ramanujan_circumference(a: float, b: float) -> float:
-    """Ramanujan's second approximation of an ellipse's perimeter (HC18's HC formula)."""
-    h = (a - b) ** 2 / (a + b) ** 2
-    return math.pi * (a + b) * (1 + 3 * h / (10 + math.sqrt(4 - 3 * h)))
-
-
 def _pixel_size_yx(pixel_size_mm: PixelSize) -> tuple[float, float] | None:
     """(row / y, col / x) pixel size in mm, or None when unknown."""
     if pixel_size_mm is None:
@@ -211,45 +191,23 @@ def _to_units(points: np.ndarray, size_yx: tuple[float, float] | None) -> np.nda
     return points * np.array([size_yx[1], size_yx[0]])
 
 
-def _fit_ellipse(points: np.ndarray) -> _Ellipse:
-    centre = points.mean(axis=0)
-    (x, y), (width, height), angle_deg = cv2.fitEllipseDirect((points - centre).astype(np.float32))
-    # OpenCV: ``width`` is the axis at ``angle_deg`` from +x towards +y.
-    if height > width:
-        width, height, angle_deg = height, width, angle_deg + 90.0
-    return _Ellipse(
-        float(x + centre[0]),
-        float(y + centre[1]),
-        width / 2,
-        height / 2,
-        math.radians(angle_deg) % math.pi,
-    )
-
-
-def _frame(points: np.ndarray, ellipse: _Ellipse) -> tuple[np.ndarray, np.ndarray]:
-    """Point coordinates along the ellipse's major (u) and minor (v) axes."""
-    dx, dy = points[:, 0] - ellipse.cx, points[:, 1] - ellipse.cy
-    cos, sin = math.cos(ellipse.angle), math.sin(ellipse.angle)
-    return dx * cos + dy * sin, -dx * sin + dy * cos
-
-
-def _radial_residuals(points: np.ndarray, ellipse: _Ellipse) -> np.ndarray:
+def _radial_residuals(points: np.ndarray, ellipse: Ellipse) -> np.ndarray:
     """Signed distance from the ellipse along the ray from its centre (negative inside).
 
     Closed form, unlike the orthogonal distance (a quartic); the ray meets the outline at
     most 13 degrees off its normal at axis ratio 0.8 (28 at 0.6), so near the outline the
     two differ by under 3% (12%)."""
-    u, v = _frame(points, ellipse)
+    u, v = ellipse_frame(points, ellipse)
     normalized_radius = np.maximum(np.hypot(u / ellipse.a, v / ellipse.b), 1e-12)
     return np.hypot(u, v) * (1 - 1 / normalized_radius)
 
 
-def _fit_trimming_outliers(points: np.ndarray, floor: float) -> _Ellipse:
+def _fit_trimming_outliers(points: np.ndarray, floor: float) -> Ellipse:
     """Refit without the points whose radial distance lies more than max(floor, 3 robust
     SD) from the median one, until the kept set settles. A shadowed side pulls a plain fit
     inwards, a leak outwards; a ragged but symmetric edge keeps all its points."""
     keep = np.ones(len(points), dtype=bool)
-    ellipse = _fit_ellipse(points)
+    ellipse = fit_ellipse(points)
     for _ in range(_ROBUST_ITERATIONS):
         residuals = _radial_residuals(points, ellipse)
         median = np.median(residuals[keep])
@@ -258,12 +216,12 @@ def _fit_trimming_outliers(points: np.ndarray, floor: float) -> _Ellipse:
         if new_keep.sum() < _MIN_POINTS or np.array_equal(new_keep, keep):
             break
         keep = new_keep
-        ellipse = _fit_ellipse(points[keep])
+        ellipse = fit_ellipse(points[keep])
     return ellipse
 
 
 def _unsupported_sectors(
-    points: np.ndarray, residuals: np.ndarray, ellipse: _Ellipse, tolerance: float
+    points: np.ndarray, residuals: np.ndarray, ellipse: Ellipse, tolerance: float
 ) -> tuple[float, tuple[tuple[float, float], ...]]:
     """Share of the perimeter in sectors with no boundary point or an RMS radial distance
     above ``tolerance``, and those sectors as merged (start_deg, end_deg) runs."""
@@ -333,7 +291,7 @@ def measure_head(
     ellipse = (
         _fit_trimming_outliers(points, SECTOR_TOLERANCE_PX * pixel)
         if robust
-        else _fit_ellipse(points)
+        else fit_ellipse(points)
     )
     if not (ellipse.b > 0 and math.isfinite(ellipse.a)):  # collinear points: no ellipse
         return None
@@ -439,129 +397,3 @@ def measure_class_set(
         lv_label=names.index("lv") if "lv" in names else None,
         robust=robust,
     )
-
-
-def fitted_ellipse_mask(
-    shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, inset_px: float = 0.0
-) -> np.ndarray:
-    """Boolean (H, W) mask of the pixels whose centre lies inside the least-squares ellipse
-    through the points (``rows``, ``cols``), its semi-axes shortened by ``inset_px``: an
-    outline drawn around (or outside) a curve becomes the region that curve encloses (used by
-    the HC18 reader for the sonographers' outlines)."""
-    ellipse = _fit_ellipse(np.stack([cols, rows], axis=1).astype(np.float64))
-    ellipse = _Ellipse(
-        ellipse.cx, ellipse.cy, ellipse.a - inset_px, ellipse.b - inset_px, ellipse.angle
-    )
-    grid_rows, grid_cols = np.indices(shape)
-    u, v = _frame(
-        np.stack([grid_cols.ravel(), grid_rows.ravel()], axis=1).astype(np.float64), ellipse
-    )
-    return ((u / ellipse.a) ** 2 + (v / ellipse.b) ** 2 <= 1).reshape(shape)
-
-
-@dataclass(frozen=True)
-class DifferenceStats:
-    """Summary of ``predicted - truth`` over images (signed and absolute)."""
-
-    n: int
-    mean: float  # bias
-    std: float  # sample SD (ddof 1); NaN for one pair
-    median: float
-    mean_abs: float
-    median_abs: float
-    max_abs: float
-
-
-def _paired(truth: Sequence[float], predicted: Sequence[float]) -> tuple[np.ndarray, ...]:
-    truth, predicted = (np.asarray(v, dtype=np.float64).ravel() for v in (truth, predicted))
-    if truth.shape != predicted.shape or truth.size == 0:
-        raise ValueError(
-            f"truth and predicted must be non-empty and of equal length, got "
-            f"{truth.size} and {predicted.size}"
-        )
-    if not (np.isfinite(truth).all() and np.isfinite(predicted).all()):
-        raise ValueError(
-            "truth and predicted must be finite; leave out images without a measurement"
-        )
-    return truth, predicted
-
-
-def difference_stats(truth: Sequence[float], predicted: Sequence[float]) -> DifferenceStats:
-    """Mean, SD, median of ``predicted - truth`` and of its absolute value, max absolute."""
-    truth, predicted = _paired(truth, predicted)
-    difference = predicted - truth
-    absolute = np.abs(difference)
-    return DifferenceStats(
-        n=int(difference.size),
-        mean=float(difference.mean()),
-        std=float(difference.std(ddof=1)) if difference.size > 1 else math.nan,
-        median=float(np.median(difference)),
-        mean_abs=float(absolute.mean()),
-        median_abs=float(np.median(absolute)),
-        max_abs=float(absolute.max()),
-    )
-
-
-def ellipse_differences(truth: HeadMeasurement, predicted: HeadMeasurement) -> dict[str, float]:
-    """Per-image ``predicted - truth`` of HC, BPD, OFD, the centre offset (a distance) and
-    the major-axis angle (radians, wrapped to [-pi/2, pi/2): axes have no direction)."""
-    if truth.units != predicted.units:
-        raise ValueError(f"units differ: truth {truth.units}, predicted {predicted.units}")
-    return {
-        "hc": predicted.hc - truth.hc,
-        "bpd": predicted.bpd - truth.bpd,
-        "ofd": predicted.ofd - truth.ofd,
-        "centre": math.hypot(
-            predicted.center_x - truth.center_x, predicted.center_y - truth.center_y
-        ),
-        "angle_rad": (predicted.angle_rad - truth.angle_rad + math.pi / 2) % math.pi - math.pi / 2,
-    }
-
-
-def write_bland_altman(
-    truth: Sequence[float],
-    predicted: Sequence[float],
-    path: str | Path,
-    *,
-    quantity: str = "HC",
-    units: str = "mm",
-    overwrite: bool = False,
-) -> Path:
-    """Bland-Altman plot as a PNG: mean of each pair vs its difference (predicted - truth),
-    with the bias and the bias +- 1.96 SD limits of agreement. An existing file is an
-    error unless ``overwrite``."""
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot state; only needed here
-
-    truth, predicted = _paired(truth, predicted)
-    if truth.size < 2:
-        raise ValueError("a Bland-Altman plot needs at least two pairs")
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another path or pass overwrite=True")
-    stats = difference_stats(truth, predicted)
-    low, high = stats.mean - 1.96 * stats.std, stats.mean + 1.96 * stats.std
-    figure = Figure(figsize=(6, 4.5), dpi=100, layout="constrained")
-    axes = figure.add_subplot()
-    axes.scatter((truth + predicted) / 2, predicted - truth, s=14, alpha=0.7)
-    for value, style, name in (
-        (stats.mean, "-", "bias"),
-        (low, "--", "-1.96 SD"),
-        (high, "--", "+1.96 SD"),
-    ):
-        axes.axhline(value, color="tab:red", linestyle=style, linewidth=1)
-        axes.annotate(
-            f"{name} {value:+.2f} {units}",
-            (1, value),
-            xycoords=("axes fraction", "data"),
-            ha="right",
-            va="bottom",
-            fontsize=8,
-        )
-    axes.set_xlabel(f"mean of truth and prediction, {quantity} ({units})")
-    axes.set_ylabel(f"prediction - truth, {quantity} ({units})")
-    axes.set_title(f"Bland-Altman, {quantity} (n = {stats.n})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    figure.savefig(partial, format="png")
-    os.replace(partial, path)  # never a half-written PNG under the final name
-    return path

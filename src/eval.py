@@ -3,7 +3,7 @@
     python -m src.eval ckpt_path=<file.ckpt> [data overrides] [split=test|val|all] [tta=true]
         [postprocess=auto|none|{class: [rules]}] [out_dir=...]
 
-Thin on purpose: the network comes from ``src.evaluation.checkpoint.load_model``, the images
+Thin on purpose: the network comes from ``src.inference.checkpoint.load_model``, the images
 from the data config's DataModule, the scores from ``src.evaluation.evaluate``.
 """
 
@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 from src.data.splits import SPLIT_NAMES
-from src.evaluation.checkpoint import load_model
 from src.evaluation.evaluate import evaluate
 from src.evaluation.records import evaluation_summary, write_evaluation
+from src.inference.checkpoint import load_model
 from src.utils import task_wrapper
 
 log = logging.getLogger(__name__)

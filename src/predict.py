@@ -33,20 +33,18 @@ from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 from src.biometry import (
-    ELLIPSE_FIELDS,
-    Biometry,
     HeadMeasurement,
     PixelSize,
-    measure_class_set,
 )
-from src.data import images
-from src.data.classes import ClassSet, class_set_for
-from src.data.images import FILE_CHANNELS, IMAGE_SUFFIXES
+from src.data.classes import class_set_for
+from src.data.images import FILE_CHANNELS
 from src.data.prepared import check_replaceable, replace_dir
 from src.data.readers.hc18 import PIXEL_SIZE, SUBMISSION_CSV, read_pixel_csv, write_submission
-from src.evaluation.checkpoint import RestoredModel, load_ensemble
-from src.evaluation.inference import predict_labels
-from src.evaluation.volume_prediction import predict_volume_layout
+from src.ellipse import ELLIPSE_FIELDS
+from src.inference.checkpoint import RestoredModel, load_ensemble
+from src.inference.images import list_inputs, read_image
+from src.inference.measure import head_class_set, predict_biometry
+from src.inference.volume import predict_volume_layout
 from src.visualize import biometry_overlay
 
 log = logging.getLogger(__name__)
@@ -64,80 +62,6 @@ class PredictionReport:
     out_dir: Path
     rows: list[dict] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-
-
-def list_inputs(input_path: str | Path) -> list[Path]:
-    """One file, or the files of a folder (sorted; hidden files and sub-folders left out)."""
-    path = Path(input_path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"input {path} does not exist (expected an image or a folder)")
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"input folder {path} holds no files (expected image files)")
-    return files
-
-
-def read_image(path: Path, in_channels: int = 1) -> np.ndarray:
-    """An image file as a uint8 grey (H, W) or RGB (H, W, 3) image (``in_channels``, the
-    model's); ValueError naming the file otherwise."""
-    _check_image_name(str(path))
-    return images.read_image(path, in_channels)
-
-
-def _check_image_name(name: str) -> None:
-    if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{name}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
-
-
-def decode_image(data: bytes, name: str, in_channels: int = 1) -> np.ndarray:
-    """The bytes of an image file called ``name`` (a file, an upload) as a uint8 grey
-    (H, W) or RGB (H, W, 3) image; ValueError naming it otherwise."""
-    _check_image_name(name)
-    return images.decode_image(data, name, in_channels)
-
-
-def _head_class_set(class_names: Sequence[str]) -> ClassSet | None:
-    """The registered class set of these names if it has a head to measure."""
-    class_set = class_set_for(class_names)
-    return class_set if class_set is not None and class_set.head_labels else None
-
-
-def predict_biometry(
-    model: RestoredModel,
-    image: np.ndarray,
-    *,
-    pixel_size_mm: PixelSize = None,
-    tta_flip: bool = False,
-    rules: Mapping[str, Sequence[str]] | None = None,
-    robust_biometry: bool = False,
-) -> tuple[np.ndarray, Biometry | None]:
-    """Labels (H, W) of one uint8 grey image and their biometry (None: no head found, or a
-    class set without a head); apart from ``predict_image`` for callers that draw their own
-    overlay (the viewer)."""
-    labels = predict_labels(
-        model.net,
-        image,
-        model.image_size,
-        tta_flip=tta_flip,
-        rules=rules,
-        class_names=model.class_names,
-    )
-    return labels, measure_labels(labels, model.class_names, pixel_size_mm, robust=robust_biometry)
-
-
-def measure_labels(
-    labels: np.ndarray,
-    class_names: Sequence[str],
-    pixel_size_mm: PixelSize = None,
-    *,
-    robust: bool = False,
-) -> Biometry | None:
-    """The biometry of a label map of these classes: None when it has no head, or when the
-    class set has no head to measure."""
-    class_set = _head_class_set(class_names)
-    return class_set and measure_class_set(labels, class_set, pixel_size_mm, robust=robust)
 
 
 def predict_image(
@@ -188,7 +112,7 @@ def predict_files(
             f"{model.checkpoint_path}: the model takes {model.in_channels} input channels; "
             "src.predict reads grey (1) or RGB (3) image files"
         )
-    if _head_class_set(model.class_names) is None:
+    if head_class_set(model.class_names) is None:
         log.warning("classes %s have no head to measure: no biometry", model.class_names)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging_root = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -289,7 +213,7 @@ def predict(
     cross-validation's folds) and predict one image or a folder (see the module docstring).
     A UW-Madison GI model (its class set's ``competition_metric``) takes a raw scan layout
     instead and writes masks and the competition's submission CSV
-    (``src.evaluation.volume_prediction``)."""
+    (``src.inference.volume``)."""
     paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
     model = load_ensemble(paths, map_location=device)
     class_set = class_set_for(model.class_names)

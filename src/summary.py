@@ -12,7 +12,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from src.biometry import write_bland_altman
+from src.evaluation.agreement import write_bland_altman
 from src.utils import keep_existing
 
 # Per-class keys of summary.json, in this order where present.

@@ -17,9 +17,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
-from src.evaluation.checkpoint import load_denoiser, load_model, restore_network
 from src.evaluation.evaluate import evaluate
 from src.evaluation.records import evaluation_summary, write_evaluation
+from src.inference.checkpoint import load_denoiser, load_model, restore_network
 from src.lit.callbacks import TrainingLog
 from src.lit.segmentation import SegmentationModule
 from src.models.speed import accelerate, split_speed_options

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
-from src.denoise.prestage import as_prestage
+from src.inference.prestage import as_prestage
 from src.lit.callbacks import TrainingLog
 from src.lit.denoising import DenoisingModule, PairDataModule
 from src.summary import write_summary

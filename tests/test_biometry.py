@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.biometry import (
+from src.biometry import measure_biometry, measure_head, structure_width
+from src.data.classes import FETAL_HEAD
+from src.ellipse import ramanujan_circumference
+from src.evaluation.agreement import (
     DifferenceStats,
     difference_stats,
     ellipse_differences,
-    measure_biometry,
-    measure_head,
-    ramanujan_circumference,
-    structure_width,
     write_bland_altman,
 )
-from src.data.classes import FETAL_HEAD
 from src.synthetic.phantom import ellipse_mask
 from src.synthetic.record import TRUTH_DIR
 

@@ -23,7 +23,7 @@ from src.denoise.diconvae import DiConvAE
 from src.denoise.losses import VGG16_FILE, perceptual_loss
 from src.denoise.metrics import DenoisingQuality, image_quality
 from src.denoise.pairs import FolderPairs, PhantomPairs, SpeckledDataset, add_speckle
-from src.denoise.prestage import FilterLayer
+from src.inference.prestage import FilterLayer
 from src.synthetic.phantom import render_scan
 
 ROOT = Path(__file__).resolve().parents[1]

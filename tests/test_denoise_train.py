@@ -25,8 +25,8 @@ from src.data.cache import cache_dir_for, open_cache
 from src.data.classes import FETAL_HEAD
 from src.denoise.classical import Median
 from src.denoise.diconvae import DiConvAE
-from src.denoise.prestage import DenoisedSegmenter, FilterLayer
-from src.evaluation.checkpoint import load_denoiser, load_model
+from src.inference.checkpoint import load_denoiser, load_model
+from src.inference.prestage import DenoisedSegmenter, FilterLayer
 from src.lit.segmentation import SegmentationModule
 from src.models.unet import UNet
 from src.train import train

@@ -16,12 +16,12 @@ from scipy import ndimage
 
 from src.biometry import measure_head
 from src.data.cache import resize_mask
-from src.data.prepared import read_index
-from src.evaluation.checkpoint import PAYLOAD_KEY, load_model
-from src.evaluation.evaluate import choose_postprocess, evaluate, read_original, resolve_postprocess
-from src.evaluation.inference import predict_labels, predict_logits
-from src.evaluation.postprocess import fill_holes, keep_largest_component, postprocess
+from src.data.prepared import read_index, read_original
+from src.evaluation.evaluate import choose_postprocess, evaluate, resolve_postprocess
 from src.evaluation.surface import class_surface_distances, hd95_assd
+from src.inference.checkpoint import PAYLOAD_KEY, load_model
+from src.inference.postprocess import fill_holes, keep_largest_component, postprocess
+from src.inference.predictor import predict_labels, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ("background", "brain", "csp", "lv")

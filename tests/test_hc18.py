@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from src.biometry import measure_head, ramanujan_circumference
+from src.biometry import measure_head
 from src.data.classes import HC18_HEAD
 from src.data.prepared import read_index
 from src.data.readers.hc18 import (
@@ -27,9 +27,10 @@ from src.data.readers.hc18 import (
     read_annotation,
     read_pixel_csv,
 )
-from src.evaluation.checkpoint import Ensemble, load_ensemble
+from src.ellipse import ramanujan_circumference
 from src.evaluation.evaluate import biometry_columns
-from src.evaluation.inference import predict_labels
+from src.inference.checkpoint import Ensemble, load_ensemble
+from src.inference.predictor import predict_labels
 from src.predict import predict
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ from src.data.images import read_image, write_image
 from src.data.prepared import read_index
 from src.data.readers.lgg import LGGLayoutError, LGGReader
 from src.data.splits import SPLIT_NAMES
-from src.evaluation.checkpoint import checkpoint_payload
 from src.evaluation.volumes import detection, per_volume, slice_counts, volume_sections
+from src.inference.checkpoint import checkpoint_payload
 from src.predict import predict
 from src.report import job_metrics
 from src.synthetic.lgg import write_lgg_record

@@ -15,9 +15,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from src import predict as predict_module
-from src.biometry import ramanujan_circumference
 from src.data.classes import FETAL_HEAD
-from src.evaluation.checkpoint import checkpoint_payload
+from src.ellipse import ramanujan_circumference
+from src.inference.checkpoint import checkpoint_payload
 from src.predict import BIOMETRY_CSV, SKIPPED_CSV, predict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import src  # noqa: F401  (sets PROJECT_ROOT, which the SLURM launcher's folder interpolates)
-from src.evaluation.checkpoint import PAYLOAD_KEY, load_model
+from src.inference.checkpoint import PAYLOAD_KEY, load_model
 from src.models import UNet
 from src.models.speed import accelerate, compile_options, split_speed_options
 from src.train import train

@@ -31,9 +31,9 @@ from src.data.readers.uwmgi import (
     scale_volume,
 )
 from src.eval import evaluate_checkpoint
-from src.evaluation.checkpoint import load_model
 from src.evaluation.uwmgi_metric import competition_score, hausdorff_3d, volume_score
-from src.evaluation.volume_prediction import predict_volume_layout
+from src.inference.checkpoint import load_model
+from src.inference.volume import predict_volume_layout
 from src.metrics import per_image_scores
 from src.synthetic.uwmgi import write_uwmgi_record
 from src.train import train

@@ -21,12 +21,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from src.biometry import ramanujan_circumference
 from src.data.classes import FETAL_HEAD
-from src.data.prepared import read_index
+from src.data.prepared import read_index, read_original
+from src.ellipse import ramanujan_circumference
 from src.eval import evaluate_checkpoint
-from src.evaluation.checkpoint import checkpoint_payload
-from src.evaluation.evaluate import read_original
+from src.inference.checkpoint import checkpoint_payload
 from src.viewer import viewer_settings
 from src.viewer_app import logic, timing
 

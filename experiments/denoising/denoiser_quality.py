@@ -27,8 +27,8 @@ from omegaconf import OmegaConf
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from src.denoise.prestage import as_prestage  # noqa: E402
-from src.evaluation.checkpoint import load_denoiser  # noqa: E402
+from src.inference.checkpoint import load_denoiser  # noqa: E402
+from src.inference.prestage import as_prestage  # noqa: E402
 
 OUTPUTS = ("denoiser_quality.md", "denoiser_quality.csv", "examples.png")
 INPUT = "none (the speckled input)"

@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 from src.biometry import measure_class_set  # noqa: E402
 from src.data.classes import class_set_for  # noqa: E402
-from src.data.prepared import read_index  # noqa: E402
+from src.data.prepared import read_index, read_original  # noqa: E402
 from src.data.readers.hc18 import HC18Reader  # noqa: E402
-from src.evaluation.checkpoint import load_model  # noqa: E402
-from src.evaluation.evaluate import dice_per_image, read_original  # noqa: E402
-from src.evaluation.inference import predict_labels  # noqa: E402
+from src.evaluation.evaluate import dice_per_image  # noqa: E402
+from src.inference.checkpoint import load_model  # noqa: E402
+from src.inference.predictor import predict_labels  # noqa: E402
 
 
 def ablate_run(run_dir: Path, prepared: Path) -> list[dict]:

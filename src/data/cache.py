@@ -17,6 +17,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -24,7 +25,20 @@ import pandas as pd
 
 from src.data.images import read_image
 from src.data.prepared import build_dir_atomically, locked, read_index
-from src.denoise.classical import ClassicalFilter
+
+
+class ImageFilter(Protocol):
+    """What the cache needs of a despeckling filter (``src.denoise.classical``'s filters):
+    uint8 (H, W) in and out, a ``name`` for the cache folder and a ``cache_key`` that
+    changes with every parameter. A protocol, so the data layer does not import ``denoise``."""
+
+    name: str
+
+    @property
+    def cache_key(self) -> str: ...
+
+    def __call__(self, image: np.ndarray) -> np.ndarray: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +53,7 @@ IDS_FILE = "ids.json"  # image paths in row order
 def cache_dir_for(
     prepared_dir: Path,
     image_size: tuple[int, int],
-    denoise: ClassicalFilter | None = None,
+    denoise: ImageFilter | None = None,
     in_channels: int = 1,
 ) -> Path:
     """``<prepared>/cache/<H>x<W>[-<filter>]-<hash of format version, resolution, channels,
@@ -111,7 +125,7 @@ def _write_arrays(
     rows: pd.DataFrame,
     image_size: tuple[int, int],
     num_classes: int,
-    denoise: ClassicalFilter | None,
+    denoise: ImageFilter | None,
     in_channels: int,
 ) -> None:
     out_dir.mkdir()
@@ -130,7 +144,7 @@ def _write_arrays(
             in_channels=in_channels,
         )
         # Denoised once here, at the network's input size, so it costs nothing per epoch;
-        # src.denoise.prestage.FilterLayer repeats it at eval/predict time.
+        # src.inference.prestage.FilterLayer repeats it at eval/predict time.
         images[row] = image if denoise is None else denoise(image)
 
     # OpenCV releases the GIL while decoding and resizing, so threads use all cores.
@@ -146,7 +160,7 @@ def build_cache(
     image_size: tuple[int, int],
     *,
     num_classes: int,
-    denoise: ClassicalFilter | None = None,
+    denoise: ImageFilter | None = None,
     in_channels: int = 1,
 ) -> Path:
     """The cache folder for this resolution (and denoising filter, applied to every resized

@@ -25,14 +25,13 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.cache import build_cache, cache_dir_for, open_cache
+from src.data.cache import ImageFilter, build_cache, cache_dir_for, open_cache
 from src.data.classes import from_bitmask
 from src.data.context import context_ids, stack_channels
 from src.data.gpu_augment import DevicePath, GpuAugment
 from src.data.images import image_tensor
 from src.data.prepared import Reader, build_dir_atomically, locked, read_index, why_outdated
 from src.data.splits import SPLIT_NAMES, Splits, make_splits, read_splits
-from src.denoise.classical import ClassicalFilter
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         synthetic: Mapping | None = None,
         in_channels: int = 1,
         num_classes: int | None = None,
-        denoise: ClassicalFilter | None = None,
+        denoise: ImageFilter | None = None,
         volume_column: str | None = None,
         slice_column: str | None = None,
         context_slices: int = 0,

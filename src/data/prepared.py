@@ -18,10 +18,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from src.data.classes import ClassSet
+from src.data.images import read_image
 
 log = logging.getLogger(__name__)
 
@@ -251,3 +253,27 @@ def write_prepared(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def read_original(
+    prepared_dir: Path, row: Mapping, in_channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared image (uint8 (H, W) grey or (H, W, C), ``src.data.images``) and label mask
+    of an index.csv row, at original size."""
+    image_path, mask_path = prepared_dir / row["image"], prepared_dir / row["mask"]
+    image = read_image(image_path, in_channels)
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise ValueError(f"cannot decode {mask_path}")
+    expected = (int(row["orig_height"]), int(row["orig_width"]))
+    if image.shape[:2] != expected or mask.shape != expected:
+        raise ValueError(
+            f"{image_path}: image {image.shape} / mask {mask.shape} differ from index.csv's "
+            f"orig_height x orig_width {expected}"
+        )
+    return image, mask
+
+
+def pixel_size_of(row: Mapping) -> float | None:
+    value = row.get("pixel_size_mm")
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value

@@ -7,7 +7,7 @@ diffusion, Yu & Acton 2002) is written here by hand: no well-kept Python library
 Each filter is a frozen dataclass, so its ``repr`` names the class and every parameter:
 ``cache_key`` is that repr, and the array cache (``src.data.cache``) keys the filtered arrays
 by it, so another filter or parameter gets its own cache. ``src.train`` applies the filter
-there, once per image; at eval/predict time ``src.denoise.prestage.FilterLayer`` applies the
+there, once per image; at eval/predict time ``src.inference.prestage.FilterLayer`` applies the
 same filter to the same resized image.
 """
 

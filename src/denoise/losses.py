@@ -213,7 +213,7 @@ def task_perceptual_loss(ckpt_path: str | Path, layers: Sequence[str]) -> Featur
     """The task loss on the features of the segmentation network of a sonoseg checkpoint
     (a ``.ckpt`` file, or a run folder: the best checkpoint its summary.json names)."""
     # Imported here: the checkpoint loader builds networks from their configs.
-    from src.evaluation.checkpoint import load_model, resolve_run_checkpoint
+    from src.inference.checkpoint import load_model, resolve_run_checkpoint
 
     restored = load_model(resolve_run_checkpoint(ckpt_path))
     return FeatureLoss(SegmenterFeatures(restored.net, layers))

@@ -12,22 +12,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from src.biometry import ELLIPSE_FIELDS, difference_stats, measure_class_set
+from src.biometry import measure_class_set
 from src.data.classes import ClassSet, class_mask, class_set_for, from_bitmask
 from src.data.context import context_ids, stack_channels
 from src.data.images import read_image
-from src.data.prepared import read_index
-from src.evaluation.inference import predict_labels
-from src.evaluation.postprocess import check_rules, postprocess
+from src.data.prepared import pixel_size_of, read_index, read_original
+from src.ellipse import ELLIPSE_FIELDS
+from src.evaluation.agreement import difference_stats
 from src.evaluation.surface import CASES, class_surface_distances
 from src.evaluation.uwmgi_metric import competition_score
 from src.evaluation.volumes import slice_counts, volume_sections
+from src.inference.postprocess import check_rules, postprocess
+from src.inference.predictor import predict_labels
 from src.metrics import per_image_scores, summarize
 
 log = logging.getLogger(__name__)
@@ -43,30 +44,6 @@ DISTANCES = ("hd95_px", "assd_px", "hd95_mm", "assd_mm")
 BIOMETRY_QUANTITIES = ("hc", "bpd", "ofd", "csp_width", "lv_width")
 # index.csv's head circumference of HC18 (the sonographer's value, mm), where there is one.
 REFERENCE_HC = "hc_mm"
-
-
-def read_original(
-    prepared_dir: Path, row: Mapping, in_channels: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """The prepared image (uint8 (H, W) grey or (H, W, C), ``src.data.images``) and label mask
-    of an index.csv row, at original size."""
-    image_path, mask_path = prepared_dir / row["image"], prepared_dir / row["mask"]
-    image = read_image(image_path, in_channels)
-    mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ValueError(f"cannot decode {mask_path}")
-    expected = (int(row["orig_height"]), int(row["orig_width"]))
-    if image.shape[:2] != expected or mask.shape != expected:
-        raise ValueError(
-            f"{image_path}: image {image.shape} / mask {mask.shape} differ from index.csv's "
-            f"orig_height x orig_width {expected}"
-        )
-    return image, mask
-
-
-def pixel_size_of(row: Mapping) -> float | None:
-    value = row.get("pixel_size_mm")
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 def predict_rows(

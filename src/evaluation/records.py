@@ -9,8 +9,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.biometry import ELLIPSE_FIELDS
 from src.data.readers.hc18 import SUBMISSION_CSV, write_submission
+from src.ellipse import ELLIPSE_FIELDS
 from src.evaluation.surface import SURFACE_DISTANCE_RULE
 from src.metrics import EMPTY_MASK_RULE
 from src.summary import (

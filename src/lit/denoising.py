@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from src.denoise.metrics import DenoisingQuality
-from src.evaluation.checkpoint import DENOISER_PAYLOAD_KEY, denoiser_payload
+from src.inference.checkpoint import DENOISER_PAYLOAD_KEY, denoiser_payload
 from src.lit.segmentation import gathered_ids, log_training_loss, optimizers_config
 
 _LOSS_PREFIX = "loss."  # the module keeps its loss as ``self.loss``

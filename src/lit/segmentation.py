@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from src.evaluation.checkpoint import PAYLOAD_KEY, checkpoint_payload
+from src.inference.checkpoint import PAYLOAD_KEY, checkpoint_payload
 from src.metrics import SegmentationMetrics, decide
 
 
@@ -91,7 +91,7 @@ class SegmentationModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Every checkpoint carries its resolved model config, class names and input size,
-        so ``src.evaluation.checkpoint.load_model`` rebuilds the network without the run."""
+        so ``src.inference.checkpoint.load_model`` rebuilds the network without the run."""
         checkpoint[PAYLOAD_KEY] = self.checkpoint_payload
 
     def train(self, mode: bool = True) -> SegmentationModule:

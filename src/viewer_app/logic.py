@@ -20,9 +20,9 @@ import pandas as pd
 
 from src.biometry import Biometry
 from src.data.classes import RGB
-from src.evaluation.checkpoint import RestoredModel
 from src.evaluation.evaluate import dice_per_image
-from src.predict import decode_image
+from src.inference.checkpoint import RestoredModel
+from src.inference.images import decode_image
 from src.report import find_jobs, read_job
 
 SETTINGS_ENV = "SONOSEG_VIEWER"  # the launcher hands the app its settings as JSON here

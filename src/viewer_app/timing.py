@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.evaluation.checkpoint import RestoredModel, load_model
-from src.predict import list_inputs, predict_biometry, read_image
+from src.inference.checkpoint import RestoredModel, load_model
+from src.inference.images import list_inputs, read_image
+from src.inference.measure import predict_biometry
 
 
 def seconds_per_scan(

@@ -22,8 +22,8 @@ import streamlit as st
 from src.biometry import Biometry, PixelSize
 from src.data.classes import RGB
 from src.data.prepared import read_index
-from src.evaluation.checkpoint import RestoredModel, load_ensemble
-from src.predict import predict_biometry
+from src.inference.checkpoint import RestoredModel, load_ensemble
+from src.inference.measure import predict_biometry
 from src.summary import write_bland_altman_plots
 from src.viewer_app import logic
 from src.visualize import biometry_overlay, class_colours

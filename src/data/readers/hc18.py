@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from src.biometry import ELLIPSE_FIELDS, fitted_ellipse_mask
 from src.data.classes import HC18_HEAD
 from src.data.prepared import write_png, write_prepared
+from src.ellipse import ELLIPSE_FIELDS, fitted_ellipse_mask
 
 log = logging.getLogger(__name__)
 

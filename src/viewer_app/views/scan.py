@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from src.evaluation.evaluate import pixel_size_of, read_original
-from src.predict import measure_labels
+from src.data.prepared import pixel_size_of, read_original
+from src.inference.measure import measure_labels
 from src.viewer_app import logic, ui
 from src.visualize import class_colours, draw_markers
 

@@ -25,7 +25,7 @@ import hydra
 import torch
 from torch import nn
 
-from src.denoise.prestage import DenoisedSegmenter, as_prestage
+from src.inference.prestage import DenoisedSegmenter, as_prestage
 
 PAYLOAD_KEY = "sonoseg"
 PAYLOAD_FORMAT = 1

@@ -25,8 +25,8 @@ from src.data.classes import from_bitmask
 from src.data.context import context_ids, stack_channels
 from src.data.prepared import check_replaceable, replace_dir
 from src.data.readers.uwmgi import read_volumes, write_submission
-from src.evaluation.checkpoint import RestoredModel
-from src.evaluation.inference import predict_labels
+from src.inference.checkpoint import RestoredModel
+from src.inference.predictor import predict_labels
 
 log = logging.getLogger(__name__)
 

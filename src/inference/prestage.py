@@ -3,7 +3,7 @@
 ``src.train`` runs a learned denoiser inside ``SegmentationModule`` and a classical filter in
 the data pipeline (on the cached arrays). ``src.eval`` and ``src.predict`` feed the network a
 resized original image instead, so the checkpoint's network is rebuilt as
-``DenoisedSegmenter(as_prestage(denoiser), segmenter)`` (``src.evaluation.checkpoint``): a
+``DenoisedSegmenter(as_prestage(denoiser), segmenter)`` (``src.inference.checkpoint``): a
 classical filter becomes a ``FilterLayer`` that applies it exactly as the cache did.
 """
 

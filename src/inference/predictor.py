@@ -17,7 +17,7 @@ from torch import nn
 from src.data.cache import resize_image
 from src.data.classes import to_bitmask
 from src.data.images import image_tensor
-from src.evaluation.postprocess import postprocess
+from src.inference.postprocess import postprocess
 from src.metrics import decide
 
 

@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev,viewer]'
 	touch $(STAMP)
 
+# The layer contracts first (seconds): a broken layer fails the run before the suite starts.
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 test-all: install chromium
@@ -24,6 +26,7 @@ test-all: install chromium
 lint: install
 	$(BIN)/ruff check src tests experiments
 	$(BIN)/ruff format --check src tests experiments
+	$(BIN)/lint-imports
 
 # The main job on the embedded default data (a synthetic phantom generated on first use).
 train: install

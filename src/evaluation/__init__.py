@@ -1,4 +1,5 @@
-"""Evaluation at the images' original size: restore a model from its checkpoint alone, predict,
-post-process, score (Dice, IoU, surface distances, biometry) and write the records.
+"""Scoring at the images' original size: a split evaluated (``evaluate``), surface distances,
+volumes, competition scores, agreement statistics and the records written from a result.
 
-Shared by ``src.eval`` and the test-after-fit path of ``src.train`` (one home)."""
+Shared by ``src.eval`` and the test after ``src.train``'s fit; the network itself comes from
+``src.inference``."""

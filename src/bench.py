@@ -461,14 +461,19 @@ def start_section(out: Path, args: argparse.Namespace, argv: Sequence[str]) -> N
         for p, (v, how) in peaks.items()
     )
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    loader_text = (
+        "not timed (--no-loader)"
+        if args.no_loader
+        else f"{args.num_workers} workers, augmentation as configured, "
+        f"{args.loader_steps or args.steps} batches"
+    )
     section = (
         f"\n## {stamp}: {device_name(device)}\n\n"
         f"- versions: {versions()}\n"
         f"- command: `python -m src.bench {shlex.join(argv)}`\n"
         f"- settings: batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed "
         f"steps on 4 preloaded random batches, median of {args.repeats} interleaved "
-        f"Trainer / plain-loop rounds; loader: {args.num_workers} workers, "
-        f"augmentation as configured, {args.loader_steps or args.steps} batches; load average "
+        f"Trainer / plain-loop rounds; loader: {loader_text}; load average "
         f"at the start {os.getloadavg()[0]:.1f} (other processes may share the CPU)\n"
         f"- peak used for % peak: {peak_text}\n\n" + HEADER
     )

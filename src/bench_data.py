@@ -74,11 +74,15 @@ def main(argv: list[str] | None = None) -> None:
         dm = SegmentationDataModule(
             root=raw,
             reader=FetalHeadReader(),
+            num_classes=FETAL_HEAD.num_classes,
+            splits_out=None,
+            train_transform=None,
             stratify_column="plane",
             cache_dir=Path(tmp) / "prepared",
             image_size=image_size,
             batch_size=args.batch_size,
             num_workers=args.num_workers,
+            pin_memory=False,  # as the decoding loaders below
         )
         start = time.perf_counter()
         prepare_dataset(raw, dm.prepared_dir)

@@ -2,7 +2,8 @@
 
     python -m src.report <multirun dir> [more dirs] [out_dir=DIR] [overwrite=true]
 
-Every job folder (one holding ``.hydra/overrides.yaml``) under the given dirs is read:
+Every job folder (one holding ``.hydra/overrides.yaml``) under the given dirs is read
+(``src.runs.read_job``):
 
 - **fold**: ``data.fold`` from the job's overrides, else from its config, else 0.
 - **setting**: the job's overrides without ``data.fold`` and without the keys that name where
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import sys
 import textwrap
@@ -43,36 +43,18 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
-from omegaconf import ListConfig, OmegaConf
 from scipy.stats import wilcoxon
+
+from src.runs import CHECKPOINTS_DIR, NOT_A_SETTING, SUMMARY_JSON, Job, Setting, find_jobs
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-FOLD_KEY = "data.fold"
-NOT_A_SETTING = ("hydra", "paths", "ckpt_path", "task_name", "tags", "logger", "data.splits_file")
-FAILED_MARKER = "FAILED"
-FAILED_LOG_LINE = "Run failed"  # logged by src.utils.task_wrapper
 REPORT_FILES = ("report.md", "report.csv", "report.png")
 # The paired test compares this metric; with more settings than this, each is compared with
 # the best setting only (all pairs of 6 settings would already be 15 tests).
 PAIRED_METRIC = "dice_mean"
 MAX_SETTINGS_FOR_ALL_PAIRS = 5
-
-Setting = tuple[tuple[str, str], ...]  # sorted (key, value) pairs
-
-
-@dataclass
-class Job:
-    path: Path
-    overrides: list[str]
-    setting: Setting
-    fold: int
-    status: str  # finished | failed | unfinished
-    summary: dict | None = None
-    note: str = ""
 
 
 @dataclass
@@ -99,83 +81,6 @@ class Report:
     table: pd.DataFrame  # one row per setting (its label): <metric>_mean, _std, _n
     comparisons: list[Comparison]
     against_best_only: bool  # compared with the best setting only, not all pairs
-
-
-# --- reading jobs ---------------------------------------------------------------------------
-
-
-def find_jobs(dirs: Sequence[Path]) -> list[Job]:
-    """Every Hydra job folder under ``dirs`` (each once), read; missing dirs are an error."""
-    paths: dict[Path, None] = {}
-    for directory in dirs:
-        if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: not a directory (expected a multirun folder)")
-        for overrides in sorted(directory.rglob(".hydra/overrides.yaml")):
-            paths.setdefault(overrides.parent.parent.resolve())
-    if not paths:
-        raise FileNotFoundError(
-            f"no Hydra job folder (one holding .hydra/overrides.yaml) under "
-            f"{', '.join(map(str, dirs))}: expected the folder of a `python -m src.train -m` sweep"
-        )
-    return [read_job(path) for path in paths]
-
-
-def read_job(path: Path) -> Job:
-    overrides_file = path / ".hydra" / "overrides.yaml"
-    loaded = OmegaConf.load(overrides_file)
-    if not isinstance(loaded, ListConfig):
-        raise ValueError(f"{overrides_file}: expected a list of overrides, got {loaded}")
-    overrides = [str(line) for line in loaded]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException as error:
-        raise ValueError(f"{overrides_file}: not a list of Hydra overrides: {error}") from error
-    pairs = {o.get_key_element().lstrip("+"): o.get_value_element_as_str() for o in parsed}
-    fold = pairs.pop(FOLD_KEY, None)
-    if fold is None:
-        fold = _configured_fold(path)
-    setting = tuple(sorted((k, v) for k, v in pairs.items() if not _is_not_a_setting(k)))
-
-    summary_file = path / "checkpoints" / "summary.json"
-    if (path / FAILED_MARKER).exists():
-        status, summary = "failed", None
-    elif summary_file.is_file():
-        status, summary = "finished", _read_summary(summary_file)
-    elif any(FAILED_LOG_LINE in log.read_text(errors="replace") for log in path.glob("*.log")):
-        status, summary = "failed", None
-    else:
-        status, summary = "unfinished", None
-    return Job(path, overrides, setting, _as_fold(fold, path), status, summary)
-
-
-def _is_not_a_setting(key: str) -> bool:
-    return any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in NOT_A_SETTING)
-
-
-def _configured_fold(path: Path):
-    """``data.fold`` of the job's resolved config (or Hydra's copy of it); 0 when unset."""
-    for config_file in (path / "config_resolved.yaml", path / ".hydra" / "config.yaml"):
-        if config_file.is_file():
-            return OmegaConf.select(OmegaConf.load(config_file), FOLD_KEY, default=0)
-    return 0
-
-
-def _as_fold(value, path: Path) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: {FOLD_KEY} must be an integer, got {value!r}") from None
-
-
-def _read_summary(path: Path) -> dict:
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    for key in ("classes", "mean", "per_class"):
-        if key not in summary:
-            raise ValueError(f"{path}: no '{key}' key (expected a summary.json from src.train)")
-    return summary
 
 
 # Head circumference, mm: |pred - ellipse of the true mask| and |pred - the sonographer's
@@ -228,8 +133,8 @@ def build_report(dirs: Sequence[Path]) -> Report:
     if not finished:
         listing = "\n".join(f"  {j.status}: {j.path}" for j in jobs)
         raise ValueError(
-            f"no finished job (checkpoints/summary.json) under {', '.join(map(str, dirs))}:\n"
-            f"{listing}"
+            f"no finished job ({CHECKPOINTS_DIR}/{SUMMARY_JSON}) under "
+            f"{', '.join(map(str, dirs))}:\n{listing}"
         )
     _check_duplicates(jobs)
 

@@ -20,10 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
 from src.inference.prestage import as_prestage
-from src.lit.callbacks import TrainingLog
+from src.lit.callbacks import TrainingLog, best_checkpoint_callback
 from src.lit.denoising import DenoisingModule, PairDataModule
-from src.summary import write_summary
-from src.train import best_checkpoint_callback
+from src.runs import checkpoints_dir, resolved_config_path, write_summary
 from src.utils import (
     instantiate_callbacks,
     instantiate_loggers,
@@ -47,7 +46,7 @@ def train_denoiser(cfg: DictConfig) -> dict[str, float]:
     learned = "net" in denoiser
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
-    print_config_tree(cfg, save_to=output_dir / "config_resolved.yaml")
+    print_config_tree(cfg, save_to=resolved_config_path(output_dir))
     pl.seed_everything(cfg.seed, workers=True)
 
     model_config = denoiser.net if learned else denoiser.filter
@@ -114,7 +113,7 @@ def test_denoiser(
         "loss": OmegaConf.to_container(cfg.denoiser.loss, resolve=True),
         "per_image": result["per_image"],
     }
-    directory = best.parent if best else Path(cfg.paths.output_dir) / "checkpoints"
+    directory = best.parent if best else checkpoints_dir(cfg.paths.output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = write_summary(summary, directory)
     means = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())

@@ -1,5 +1,5 @@
-"""Run plumbing shared by the entry points: config tree, instantiation, the task wrapper,
-keeping what an earlier run wrote."""
+"""Run plumbing shared by the entry points: config tree, instantiation, the task wrapper and
+the Hydra callbacks that keep an earlier run's record and name a sweep's failed jobs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,10 +25,16 @@ from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 
+from src.runs import (
+    FAILED_LOG_LINE,
+    failed_jobs,
+    keep_existing,
+    last_checkpoint,
+    write_failed_marker,
+)
+
 log = logging.getLogger(__name__)
 
-# Written into a job's folder when it fails; src.report lists such jobs as failed.
-FAILED_MARKER = "FAILED"
 # W&B refuses longer tags.
 _WANDB_TAG_LENGTH = 64
 
@@ -87,20 +92,6 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
     if save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)
         keep_existing(save_to).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def keep_existing(path: Path) -> Path:
-    """``path``, or a timestamped sibling when ``path`` exists (a resumed run writing into
-    its old folder), so nothing already written is overwritten."""
-    if not path.exists():
-        return path
-    stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
-    stamped = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
-    while stamped.exists():
-        n += 1
-        stamped = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
-    log.warning(f"{path} exists and is kept; writing {stamped.name}")
-    return stamped
 
 
 class KeepHydraRecord(HydraCallback):
@@ -178,12 +169,13 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             failed = False
             return result
         except Exception as error:
-            log.exception("Run failed")
+            log.exception(FAILED_LOG_LINE)  # src.runs.job_status looks for it in the log
             overrides = " ".join(job_overrides()) or "(none)"
             log.error(f"{type(error).__name__}: {error} [overrides: {overrides}]")
             if not in_multirun():
                 raise SystemExit(1) from error
-            _write_failed_marker(Path(cfg.paths.output_dir), error, overrides)
+            # DDP re-runs the command in each process; one marker.
+            rank_zero_only(write_failed_marker)(Path(cfg.paths.output_dir), error, overrides)
             return None
         finally:
             finish_wandb(failed)
@@ -232,25 +224,17 @@ def ddp_relaunches_this_job() -> Iterator[None]:
                 os.environ[key] = value
 
 
-@rank_zero_only
-def _write_failed_marker(output_dir: Path, error: Exception, overrides: str) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / FAILED_MARKER).write_text(
-        f"overrides: {overrides}\nerror: {type(error).__name__}: {error}\n"
-    )
-
-
 class SweepFailures(HydraCallback):
     """At the end of a sweep, name every job that failed (it left a ``FAILED`` marker) and
     exit non-zero, so that scripts notice; the other jobs' results are all kept."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed = sorted(sweep_dir.glob(f"*/{FAILED_MARKER}"))
+        failed = failed_jobs(sweep_dir)
         if not failed:
             return
-        for marker in failed:
-            log.error(f"job {marker.parent.name} failed: {marker.read_text().strip()}")
+        for job, reason in failed.items():
+            log.error(f"job {job.name} failed: {reason}")
         log.error(f"{len(failed)} job(s) of the sweep in {sweep_dir} failed (see above)")
         raise SystemExit(1)
 
@@ -262,7 +246,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> Path | None:
         return None
     path = output_dir if str(ckpt_path) == "last" else Path(ckpt_path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        path = last_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"ckpt_path={ckpt_path}: no checkpoint at {path} (expected a .ckpt file, a run folder "

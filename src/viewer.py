@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
-from src.viewer_app.logic import SETTINGS_ENV, Inference, ViewerSettings
+from src.viewer_app.settings import SETTINGS_ENV, Inference, ViewerSettings
 
 log = logging.getLogger(__name__)
 APP = Path(__file__).resolve().parent / "viewer_app" / "app.py"
@@ -42,7 +42,7 @@ def viewer_settings(cfg: DictConfig) -> ViewerSettings:
     if cfg.data_images:
         datamodule = hydra.utils.instantiate(cfg.data)
         if not (datamodule.prepared_dir / "index.csv").is_file():
-            datamodule.prepare_data()
+            datamodule.prepare_record()  # the viewer reads originals: no cache
         prepared_dir, class_names = str(datamodule.prepared_dir), datamodule.class_names
     return ViewerSettings(
         model=Inference(

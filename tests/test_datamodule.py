@@ -40,10 +40,11 @@ ROWS = [(f"P{i}", plane) for i in range(9) for plane in ("tt", "tc")]
 
 
 def fetal_head_data(**args) -> SegmentationDataModule:
-    """The DataModule as conf/data/fetal_head.yaml wires it."""
-    return SegmentationDataModule(
-        **(dict(reader=FetalHeadReader(), stratify_column="plane") | args)
-    )
+    """The DataModule as conf/data/fetal_head.yaml wires it, without augmentation, loader
+    processes or a split written."""
+    wiring = dict(reader=FetalHeadReader(), num_classes=4, stratify_column="plane")
+    plain = dict(train_transform=None, splits_out=None, num_workers=0)
+    return SegmentationDataModule(**(wiring | plain | args))
 
 
 def fake_datamodule(tmp_path: Path, **overrides) -> SegmentationDataModule:
@@ -308,6 +309,15 @@ def test_planes_keep_only_those_rows_and_unknown_planes_are_named(tmp_path):
         match=r"data.select.plane names unknown values \['xx'\]; the data has \['tc', 'tt'\]",
     ):
         ready(fake_datamodule(tmp_path, select={"plane": ["tc", "xx"]}))
+
+
+def test_the_split_and_its_rows_need_no_array_cache(tmp_path):
+    dm = fake_datamodule(tmp_path)
+    dm.prepare_record()
+    source = dm.split_source()
+    assert not (dm.prepared_dir / "cache").exists()
+    assert source.split_rows("test")["image"].tolist() == list(source.splits.test)
+    assert ready(dm).splits is source.splits  # the loaders serve the same split
 
 
 def test_test_rows_carry_what_evaluation_reports(tmp_path):

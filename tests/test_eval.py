@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from src.eval import evaluate_checkpoint
+from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,3 +124,51 @@ def test_a_bad_split_is_named(lone_checkpoint, data_overrides, tmp_path):
         )
     with pytest.raises(SystemExit):
         evaluate_checkpoint(cfg)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_at_32x48(tiny_run, tmp_path_factory) -> Path:
+    """``tiny_run`` trained at 32 x 48 instead of 64 x 64: its best checkpoint, alone."""
+    run_dir = tmp_path_factory.mktemp("run-32x48")
+    overrides = [*tiny_run, "data.image_size=[32,48]", "test=false", f"paths.output_dir={run_dir}"]
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        train(compose("train", overrides))
+    torch.use_deterministic_algorithms(was_deterministic)
+    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    return Path(shutil.copy(best, tmp_path_factory.mktemp("lone-32x48") / "model.ckpt"))
+
+
+def test_the_checkpoints_input_size_is_used_and_no_cache_is_built(
+    checkpoint_at_32x48, phantom_raw, tmp_path
+):
+    """data.image_size=[64,64] on the command line changes nothing: the network gets the
+    32 x 48 inputs it was trained on, the config is left as given, and the images are read
+    from the prepared copy (no array cache at 64 x 64, nor at any size)."""
+    cache_dir = tmp_path / "prepared"
+
+    def evaluate_into(out_dir: Path, *extra: str) -> tuple[DictConfig, list[str]]:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(
+                "eval",
+                overrides=[
+                    f"ckpt_path={checkpoint_at_32x48}",
+                    f"data.root={phantom_raw}",
+                    "data.synthetic=null",
+                    f"data.cache_dir={cache_dir}",
+                    "data.num_workers=0",
+                    f"out_dir={out_dir}",
+                    f"paths.output_dir={out_dir}",
+                    *extra,
+                ],
+            )
+        evaluate_checkpoint(cfg)
+        return cfg, [(out_dir / name).read_text() for name in ("summary.json", "per_image.csv")]
+
+    _, normal = evaluate_into(tmp_path / "normal")
+    cfg, at_64 = evaluate_into(tmp_path / "at-64", "data.image_size=[64,64]")
+    assert list(cfg.data.image_size) == [64, 64]
+    assert len(list(cache_dir.glob("*/index.csv"))) == 1  # the prepared copy, read as it is
+    assert list(cache_dir.rglob("64x64*")) == [] and list(cache_dir.rglob("cache")) == []
+    assert at_64 == normal
+    assert json.loads(at_64[0])["settings"]["model_input_size"] == [32, 48]

@@ -7,7 +7,14 @@ import json
 import pandas as pd
 import pytest
 
-from src.data.splits import SPLIT_NAMES, Splits, make_splits, read_splits
+from src.data.splits import (
+    SPLIT_NAMES,
+    PreparedSplit,
+    Splits,
+    make_splits,
+    read_or_make_splits,
+    read_splits,
+)
 
 PLANES = ("tc", "tt", "tv")
 
@@ -120,6 +127,36 @@ def test_a_written_splits_json_reproduces_the_split(tmp_path):
     assert (record["n_folds"], record["fold"], record["seed"]) == (5, 2, 11)
     assert record["test"] == list(splits.test)
     assert read_splits(path, set(rows["image"])) == splits
+
+
+def test_a_given_splits_file_wins_over_the_fold_parameters(tmp_path):
+    rows = index_rows(MIXED)
+    folds = dict(n_folds=5, fold=2, seed=11, group_column="subject", stratify_column="plane")
+    made = read_or_make_splits(rows, None, **folds)
+    assert made == make_splits(rows, **folds)
+    made.write(tmp_path / "splits.json")
+    other = folds | dict(fold=0, seed=3)
+    assert read_or_make_splits(rows, tmp_path / "splits.json", **other) == made
+
+
+def test_a_prepared_split_gives_each_splits_rows_in_the_splits_order(tmp_path):
+    rows = index_rows(MIXED)
+    splits = make_splits(rows, n_folds=5, fold=0, seed=0, stratify_column="plane")
+    source = PreparedSplit(
+        prepared_dir=tmp_path,
+        rows=rows.sample(frac=1, random_state=0).set_index("image", drop=False),
+        splits=splits,
+        class_names=("background", "brain"),
+        stratify_column="plane",
+        in_channels=1,
+        context_slices=0,
+        volume_column=None,
+        slice_column=None,
+    )
+    for split in SPLIT_NAMES:
+        part = source.split_rows(split)
+        assert part["image"].tolist() == list(splits[split])
+        assert list(part.index) == list(range(len(part)))
 
 
 def test_writing_keeps_an_identical_file_and_refuses_a_different_one(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from src.report import build_report
-from src.utils import FAILED_MARKER
+from src.runs import FAILED_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -204,8 +204,11 @@ def test_context_repeats_the_edge_slice_and_stays_in_its_volume():
 
 def _datamodule(raw: Path, cache_dir: Path, **options) -> SegmentationDataModule:
     defaults = {
+        "num_classes": 3,
+        "train_transform": None,
         "image_size": (64, 64),
         "batch_size": 4,
+        "num_workers": 0,
         "n_folds": 3,
         "stratify_column": "organs",
         "volume_column": "case_day",

@@ -15,8 +15,33 @@ from hydra import compose, initialize_config_dir
 
 from src.biometry import measure_biometry
 from src.data.classes import FETAL_HEAD
+from src.runs import find_summaries
 from src.viewer import APP, streamlit_command, viewer_settings
-from src.viewer_app import logic
+from src.viewer_app.run_records import (
+    class_distribution,
+    families,
+    join_runs,
+    list_runs,
+    load_run,
+    metric_columns,
+    per_class_table,
+    worst_first,
+)
+from src.viewer_app.scan import (
+    biometry_table,
+    class_dice,
+    click_grid,
+    clicked_point,
+    index_row,
+    legend_html,
+    next_structure,
+    present_structures,
+    read_upload,
+    scan_problem,
+    score_guesses,
+    without_classes,
+)
+from src.viewer_app.settings import Inference, ViewerSettings
 from src.visualize import draw_markers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,18 +63,18 @@ def _scan(shape=(66, 96)) -> np.ndarray:
 
 
 def test_settings_go_through_json_and_their_absence_is_explained():
-    settings = logic.ViewerSettings(
-        model=logic.Inference(("/m.ckpt",), tta_flip=True, rules={"brain": ["fill_holes"]}),
+    settings = ViewerSettings(
+        model=Inference(("/m.ckpt",), tta_flip=True, rules={"brain": ["fill_holes"]}),
         run_dir="/run",
         compare_dirs=("/a", "/b"),
         prepared_dir="/prepared",
         data_class_names=NAMES,
     )
-    assert logic.ViewerSettings.from_json(settings.to_json()) == settings
+    assert ViewerSettings.from_json(settings.to_json()) == settings
     with pytest.raises(ValueError, match="python -m src.viewer ckpt_path="):
-        logic.ViewerSettings.from_json(None)
+        ViewerSettings.from_json(None)
     with pytest.raises(ValueError, match="no valid viewer settings"):
-        logic.ViewerSettings.from_json('{"run_dir": "/run"}')
+        ViewerSettings.from_json('{"run_dir": "/run"}')
 
 
 def test_launcher_settings_are_absolute_and_name_the_prepared_data(
@@ -91,7 +116,7 @@ def test_streamlit_command_runs_the_app_headless_on_the_given_port():
 
 def test_a_grey_scan_is_read_and_bad_uploads_are_named():
     scan = _scan()
-    assert np.array_equal(logic.read_upload("scan.png", _png(scan)), scan)
+    assert np.array_equal(read_upload("scan.png", _png(scan)), scan)
     colour = cv2.cvtColor(scan, cv2.COLOR_GRAY2BGR)
     colour[:, :40] = (0, 0, 255)  # a large red area
     mask = np.zeros((66, 96), np.uint8)
@@ -105,14 +130,14 @@ def test_a_grey_scan_is_read_and_bad_uploads_are_named():
     }
     for name, (data, message) in cases.items():
         with pytest.raises(ValueError, match=message) as error:
-            logic.read_upload(name, data)
+            read_upload(name, data)
         assert str(error.value).startswith(name)
 
 
 def test_a_grey_scan_saved_as_colour_with_a_small_mark_is_a_scan():
     colour = cv2.cvtColor(_scan(), cv2.COLOR_GRAY2BGR)
     colour[2:6, 2:10] = (0, 255, 255)  # a yellow caliper mark
-    assert logic.scan_problem(colour) is None
+    assert scan_problem(colour) is None
 
 
 # ---------------------------------------------------------------------------- one scan
@@ -127,7 +152,7 @@ def _head_mask() -> np.ndarray:
 
 def test_hidden_classes_are_shown_as_background():
     labels = _head_mask()
-    hidden = logic.without_classes(labels, [2])
+    hidden = without_classes(labels, [2])
     assert set(np.unique(hidden)) == {0, 1} and hidden.dtype == labels.dtype
     assert np.array_equal(hidden[labels == 1], labels[labels == 1])
 
@@ -136,21 +161,21 @@ def test_class_dice_and_biometry_tables():
     truth = _head_mask()
     predicted = truth.copy()
     predicted[predicted == 2] = 1  # CSP missed
-    dice = logic.class_dice(predicted, truth, NAMES).set_index("class")
+    dice = class_dice(predicted, truth, NAMES).set_index("class")
     assert dice.loc["brain", "Dice"] > 0.9 and dice.loc["csp", "Dice"] == 0
     assert math.isnan(dice.loc["lv", "Dice"])  # in neither: left out, as in the evaluation
     assert not dice.loc["csp", "predicted"] and dice.loc["csp", "in truth"]
 
-    table = logic.biometry_table(measure_biometry(predicted, 0.5), measure_biometry(truth, 0.5))
+    table = biometry_table(measure_biometry(predicted, 0.5), measure_biometry(truth, 0.5))
     assert list(table.index) == ["HC", "BPD", "OFD", "CSP width", "LV width"]
     assert (table["units"] == "mm").all()
     assert table.loc["BPD", "truth"] == pytest.approx(20.5, abs=1.0)  # 2 x 20 px x 0.5 mm
     assert math.isnan(table.loc["CSP width", "prediction"]) and table.loc["CSP width", "truth"] > 0
-    assert list(logic.biometry_table(None).columns) == ["prediction", "units"]
+    assert list(biometry_table(None).columns) == ["prediction", "units"]
 
 
 def test_legend_names_every_foreground_class_in_its_colour():
-    html = logic.legend_html(NAMES, FETAL_HEAD.display_colours)
+    html = legend_html(NAMES, FETAL_HEAD.display_colours)
     for name, colour in zip(NAMES[1:], FETAL_HEAD.display_colours[1:], strict=True):
         assert name in html and f"rgb{colour}" in html
     assert "> background" not in html
@@ -160,27 +185,27 @@ def test_legend_names_every_foreground_class_in_its_colour():
 
 
 def test_a_click_on_the_quiz_chart_is_a_point_in_image_pixels():
-    grid = logic.click_grid(96, 66, cells=8)
+    grid = click_grid(96, 66, cells=8)
     assert grid["x"].between(0, 96).all() and grid["y"].between(0, 66).all()
     assert len(grid) == 8 * 5  # 12 px cells: 8 across, 5 down (centres 6 to 54)
-    assert logic.clicked_point({"click": [{"x": 10.5, "y": 3}]}, "click") == (10.5, 3.0)
-    assert logic.clicked_point({"click": []}, "click") is None
-    assert logic.clicked_point(None, "click") is None
+    assert clicked_point({"click": [{"x": 10.5, "y": 3}]}, "click") == (10.5, 3.0)
+    assert clicked_point({"click": []}, "click") is None
+    assert clicked_point(None, "click") is None
 
 
 def test_the_quiz_asks_for_present_structures_in_order_and_scores_the_clicks():
     reference = _head_mask()
-    structures = logic.present_structures(reference, NAMES)
+    structures = present_structures(reference, NAMES)
     assert structures == ["brain", "csp"]
-    assert logic.next_structure(structures, {"brain": (1, 1)}) == "csp"
-    assert logic.next_structure(structures, {"brain": (1, 1), "csp": (2, 2)}) is None
+    assert next_structure(structures, {"brain": (1, 1)}) == "csp"
+    assert next_structure(structures, {"brain": (1, 1), "csp": (2, 2)}) is None
 
     guesses = {"brain": (48.0, 20.0), "csp": (48.0, 10.0)}  # brain inside; csp 20 px above
-    scores = logic.score_guesses(guesses, reference, NAMES, 0.5).set_index("structure")
+    scores = score_guesses(guesses, reference, NAMES, 0.5).set_index("structure")
     assert scores.loc["brain", "inside"] and scores.loc["brain", "distance (mm)"] == 0
     assert not scores.loc["csp", "inside"]
     assert scores.loc["csp", "distance (mm)"] == pytest.approx(20 * 0.5)
-    in_pixels = logic.score_guesses({"lv": (5.0, 5.0)}, reference, NAMES, None)
+    in_pixels = score_guesses({"lv": (5.0, 5.0)}, reference, NAMES, None)
     assert list(in_pixels.columns) == ["structure", "inside", "distance (px)"]
     assert math.isnan(in_pixels.loc[0, "distance (px)"])  # nothing to be near
 
@@ -224,19 +249,19 @@ def _write(folder: Path, summary: dict, name: str = "summary.json") -> Path:
 def test_runs_are_found_in_eval_or_training_folders_and_bad_ones_named(tmp_path):
     evaluated = _write(tmp_path / "eval", _summary({"brain": [0.9, 0.1]}))
     trained = _write(tmp_path / "run" / "checkpoints", _summary({"brain": [0.9]}))
-    assert logic.find_summaries(tmp_path / "eval") == [evaluated]
-    assert logic.find_summaries(tmp_path / "run") == [trained]
+    assert find_summaries(tmp_path / "eval") == [evaluated]
+    assert find_summaries(tmp_path / "run") == [trained]
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        logic.find_summaries(tmp_path / "missing")
+        find_summaries(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no summary.json"):
-        logic.find_summaries(tmp_path / "empty")
+        find_summaries(tmp_path / "empty")
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
-        logic.load_run(broken)
+        load_run(broken)
     with pytest.raises(ValueError, match="no per_image"):
-        logic.load_run(_write(tmp_path / "old", {"classes": [], "per_class": {}}))
+        load_run(_write(tmp_path / "old", {"classes": [], "per_class": {}}))
 
 
 def test_a_run_record_knows_how_its_evaluation_predicted(tmp_path):
@@ -247,7 +272,7 @@ def test_a_run_record_knows_how_its_evaluation_predicted(tmp_path):
     )
     path = _write(tmp_path / "eval", summary)
     (tmp_path / "eval" / "model.ckpt").write_bytes(b"")  # moved here since
-    record = logic.load_run(path)
+    record = load_run(path)
     assert record.class_names == ("background", "brain", "csp")
     assert record.stratum_column == "plane"
     assert record.table["dice_mean"].tolist() == pytest.approx([0.9, 0.3])
@@ -266,34 +291,32 @@ def test_worst_first_by_any_metric():
             "orig_width": [96] * 4,
         }
     )
-    assert list(logic.worst_first(table, "dice_brain")["id"]) == list("cdab")
-    assert list(logic.worst_first(table, "hd95_px_brain")["id"]) == list("bdac")
-    assert list(logic.worst_first(table, "hc_diff")["id"]) == list("acbd")
-    assert logic.metric_columns(table) == ["dice_brain", "hd95_px_brain", "hc_diff"]
+    assert list(worst_first(table, "dice_brain")["id"]) == list("cdab")
+    assert list(worst_first(table, "hd95_px_brain")["id"]) == list("bdac")
+    assert list(worst_first(table, "hc_diff")["id"]) == list("acbd")
+    assert metric_columns(table) == ["dice_brain", "hd95_px_brain", "hc_diff"]
 
 
 def test_distributions_and_the_per_class_table(tmp_path):
-    record = logic.load_run(
-        _write(tmp_path / "e", _summary({"brain": [0.9, 0.8], "csp": [np.nan, 0.5]}))
-    )
-    long = logic.class_distribution(record.table, "dice", record.class_names)
+    record = load_run(_write(tmp_path / "e", _summary({"brain": [0.9, 0.8], "csp": [np.nan, 0.5]})))
+    long = class_distribution(record.table, "dice", record.class_names)
     assert long.groupby("class").size().to_dict() == {"brain": 2, "csp": 1}
-    assert logic.families(record.table, record.class_names) == ["dice"]
-    table = logic.per_class_table({"A": record, "B": record})
+    assert families(record.table, record.class_names) == ["dice"]
+    table = per_class_table({"A": record, "B": record})
     assert list(table.index) == ["brain", "csp", "mean"]
     assert list(table.columns) == ["Dice · A", "IoU · A", "Dice · B", "IoU · B"]
     assert table.loc["brain", "Dice · A"] == pytest.approx(0.85)
 
 
 def test_two_runs_are_joined_on_their_common_images_largest_change_first(tmp_path):
-    first = logic.load_run(_write(tmp_path / "a", _summary({"brain": [0.9, 0.5, 0.7]})))
-    second = logic.load_run(_write(tmp_path / "b", _summary({"brain": [0.8, 0.9]})))
-    joined = logic.join_runs(first, second)
+    first = load_run(_write(tmp_path / "a", _summary({"brain": [0.9, 0.5, 0.7]})))
+    second = load_run(_write(tmp_path / "b", _summary({"brain": [0.8, 0.9]})))
+    joined = join_runs(first, second)
     assert list(joined["id"]) == ["images/p/1.png", "images/p/0.png"]
     assert joined["change"].tolist() == pytest.approx([0.4, -0.1])
-    other = logic.load_run(_write(tmp_path / "c", _summary({"head": [0.9]})))
+    other = load_run(_write(tmp_path / "c", _summary({"head": [0.9]})))
     with pytest.raises(ValueError, match="different classes"):
-        logic.join_runs(first, other)
+        join_runs(first, other)
 
 
 def _job(sweep: Path, number: int, overrides: list[str]) -> None:
@@ -308,16 +331,16 @@ def test_a_sweep_lists_its_jobs_fold_by_fold_labelled_by_what_differs(tmp_path):
     _job(sweep, 0, ["+experiment=unet_dice_cpu", "loss=dice", "data.fold=1"])
     _job(sweep, 1, ["+experiment=unet_dice_cpu", "loss=ce", "data.fold=0"])
     _job(sweep, 2, ["+experiment=unet_dice_cpu", "loss=dice", "data.fold=0"])
-    runs, problems = logic.list_runs([sweep, tmp_path / "missing"])
+    runs, problems = list_runs([sweep, tmp_path / "missing"])
     assert list(runs) == ["1 (loss=ce, fold 0)", "2 (loss=dice, fold 0)", "0 (loss=dice, fold 1)"]
     assert runs["1 (loss=ce, fold 0)"] == sweep / "1" / "checkpoints" / "summary.json"
     assert len(problems) == 1 and "missing: no such folder" in problems[0]
-    single, _ = logic.list_runs([sweep / "2"])
+    single, _ = list_runs([sweep / "2"])
     assert list(single) == ["2 (experiment=unet_dice_cpu, loss=dice, fold 0)"]
 
 
 def test_an_image_of_other_data_is_named():
     index = pd.DataFrame({"image": ["images/a.png"], "pixel_size_mm": [0.1]})
-    assert logic.index_row(index, "images/a.png")["pixel_size_mm"] == 0.1
+    assert index_row(index, "images/a.png")["pixel_size_mm"] == 0.1
     with pytest.raises(ValueError, match="images/b.png is not in the prepared data"):
-        logic.index_row(index, "images/b.png")
+        index_row(index, "images/b.png")

@@ -27,7 +27,9 @@ from src.ellipse import ramanujan_circumference
 from src.eval import evaluate_checkpoint
 from src.inference.checkpoint import checkpoint_payload
 from src.viewer import viewer_settings
-from src.viewer_app import logic, timing
+from src.viewer_app import timing
+from src.viewer_app.scan import index_row, present_structures
+from src.viewer_app.settings import SETTINGS_ENV, Inference, ViewerSettings
 
 pytest.importorskip("streamlit", reason="the viewer's extra: pip install -e '.[viewer]'")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -112,9 +114,9 @@ def bright_ckpt(tmp_path_factory) -> Path:
 
 def _app(monkeypatch, settings_json: str | None) -> AppTest:
     if settings_json is None:
-        monkeypatch.delenv(logic.SETTINGS_ENV, raising=False)
+        monkeypatch.delenv(SETTINGS_ENV, raising=False)
     else:
-        monkeypatch.setenv(logic.SETTINGS_ENV, settings_json)
+        monkeypatch.setenv(SETTINGS_ENV, settings_json)
     return AppTest.from_file(str(APP), default_timeout=120)
 
 
@@ -159,7 +161,7 @@ def test_scan_page_shows_a_dataset_image_its_prediction_truth_and_dice(monkeypat
 
 
 def test_an_uploaded_scan_is_measured_in_mm_with_a_typed_pixel_size(monkeypatch, bright_ckpt):
-    settings = logic.ViewerSettings(model=logic.Inference((str(bright_ckpt),)))
+    settings = ViewerSettings(model=Inference((str(bright_ckpt),)))
     at = _app(monkeypatch, settings.to_json()).run()
     assert at.radio(key="scan_source").options == ["Upload"]  # no dataset: uploads only
     assert "Upload a grey" in at.info[0].value
@@ -189,7 +191,7 @@ def test_an_uploaded_scan_is_measured_in_mm_with_a_typed_pixel_size(monkeypatch,
     ],
 )
 def test_a_bad_upload_is_named_in_the_page(monkeypatch, bright_ckpt, name, data, message):
-    settings = logic.ViewerSettings(model=logic.Inference((str(bright_ckpt),)))
+    settings = ViewerSettings(model=Inference((str(bright_ckpt),)))
     at = _app(monkeypatch, settings.to_json()).run()
     at.file_uploader[0].upload(name, data, "application/octet-stream")
     at.run()
@@ -234,7 +236,7 @@ def _three_channel_checkpoint(path: Path) -> Path:
     ],
 )
 def test_a_missing_or_incompatible_checkpoint_is_explained(monkeypatch, tmp_path, make, message):
-    settings = logic.ViewerSettings(model=logic.Inference((str(make(tmp_path)),)))
+    settings = ViewerSettings(model=Inference((str(make(tmp_path)),)))
     at = _app(monkeypatch, settings.to_json()).run()
     _no_traceback(at)
     assert message in _errors(at)
@@ -247,13 +249,13 @@ def test_the_app_without_settings_says_how_to_start_it(monkeypatch):
 
 
 def test_the_quiz_hides_the_prediction_until_every_structure_is_placed(monkeypatch, settings_json):
-    settings = logic.ViewerSettings.from_json(settings_json)
+    settings = ViewerSettings.from_json(settings_json)
     image_id = read_index(Path(settings.prepared_dir))["image"].iloc[0]
     _, truth = read_original(
         Path(settings.prepared_dir),
-        logic.index_row(read_index(Path(settings.prepared_dir)), image_id),
+        index_row(read_index(Path(settings.prepared_dir)), image_id),
     )
-    structures = logic.present_structures(truth, FETAL_HEAD.names)
+    structures = present_structures(truth, FETAL_HEAD.names)
     image_key = f"data:{image_id}"
 
     at = _app(monkeypatch, settings_json).run()

@@ -29,6 +29,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from src.inference.checkpoint import load_denoiser  # noqa: E402
 from src.inference.prestage import as_prestage  # noqa: E402
+from src.runs import (  # noqa: E402
+    CHECKPOINTS_DIR,
+    SUMMARY_JSON,
+    resolved_config_path,
+    run_dir_of,
+)
 
 OUTPUTS = ("denoiser_quality.md", "denoiser_quality.csv", "examples.png")
 INPUT = "none (the speckled input)"
@@ -37,12 +43,12 @@ INPUT = "none (the speckled input)"
 def read_runs(dirs: list[Path]) -> list[dict]:
     runs = []
     for directory in dirs:
-        for path in sorted(directory.rglob("checkpoints/summary.json")):
+        for path in sorted(directory.rglob(f"{CHECKPOINTS_DIR}/{SUMMARY_JSON}")):
             summary = json.loads(path.read_text())
             if "psnr" not in summary.get("mean", {}):
                 continue  # a segmentation summary
-            run = path.parent.parent
-            config = OmegaConf.load(run / "config_resolved.yaml")
+            run = run_dir_of(path)
+            config = OmegaConf.load(resolved_config_path(run))
             runs.append({"run": run, "label": label(summary, config), **summary})
     if not runs:
         raise SystemExit(f"no src.train_denoiser summary.json under {', '.join(map(str, dirs))}")

@@ -30,16 +30,17 @@ from src.data.readers.hc18 import HC18Reader  # noqa: E402
 from src.evaluation.evaluate import dice_per_image  # noqa: E402
 from src.inference.checkpoint import load_model  # noqa: E402
 from src.inference.predictor import predict_labels  # noqa: E402
+from src.runs import run_summary_path, splits_path  # noqa: E402
 
 
 def ablate_run(run_dir: Path, prepared: Path) -> list[dict]:
-    summary = json.loads((run_dir / "checkpoints" / "summary.json").read_text())
+    summary = json.loads(run_summary_path(run_dir).read_text())
     model = load_model(summary["checkpoint"])
     class_set = class_set_for(model.class_names)
     rules = summary["postprocess"]["rules"]
     index = read_index(prepared).set_index("image", drop=False)
     rows = []
-    for image_id in json.loads((run_dir / "splits.json").read_text())["test"]:
+    for image_id in json.loads(splits_path(run_dir).read_text())["test"]:
         row = index.loc[image_id].to_dict()
         image, truth = read_original(prepared, row)
         for tta in (False, True):

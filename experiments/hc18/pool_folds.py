@@ -21,12 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from src.evaluation.evaluate import summarize_rows  # noqa: E402
+from src.runs import per_image_path  # noqa: E402
 
 
 def pooled_rows(folders: list[Path]) -> list[dict]:
     tables = []
     for folder in folders:
-        path = folder / "per_image.csv"
+        path = per_image_path(folder)
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found (expected an evaluated checkpoint folder)")
         tables.append(pd.read_csv(path, dtype={"subject": str}))

@@ -29,15 +29,22 @@ sys.path.insert(0, str(ROOT))
 
 from src.data.classes import UWMGI  # noqa: E402
 from src.evaluation.evaluate import summarize_rows  # noqa: E402
+from src.runs import (  # noqa: E402
+    HYDRA_DIR,
+    OVERRIDES_YAML,
+    checkpoints_dir,
+    per_image_path,
+    run_summary_path,
+)
 
 
 def read_jobs(sweeps: list[Path]) -> list[dict]:
     """One record per finished job: setting, fold, summary, per-image rows."""
     jobs = []
     for sweep in sweeps:
-        for overrides in sorted(sweep.glob("**/.hydra/overrides.yaml")):
+        for overrides in sorted(sweep.glob(f"**/{HYDRA_DIR}/{OVERRIDES_YAML}")):
             folder = overrides.parent.parent
-            summary_path = folder / "checkpoints" / "summary.json"
+            summary_path = run_summary_path(folder)
             if not summary_path.is_file():
                 print(f"skipped {folder}: no checkpoints/summary.json (unfinished or failed)")
                 continue
@@ -52,9 +59,7 @@ def read_jobs(sweeps: list[Path]) -> list[dict]:
                     "drop_empty": setting,
                     "fold": int(values.get("data.fold", 0)),
                     "summary": summary,
-                    "rows": pd.read_csv(folder / "checkpoints" / "per_image.csv").to_dict(
-                        "records"
-                    ),
+                    "rows": pd.read_csv(per_image_path(checkpoints_dir(folder))).to_dict("records"),
                 }
             )
     seen: dict[tuple, Path] = {}

@@ -4,7 +4,9 @@ Thin on purpose: reading a raw layout is the dataset's reader's job (``src.data.
 chosen in conf/data), decoding and resizing ``cache``'s, splitting ``splits``'s; this module
 only decides where things live and wires them to DataLoaders. It knows no dataset: the
 class set comes from the reader, the split columns and row selection from the config, and a
-synthetic source (the phantom) is a generator the config hands in.
+synthetic source (the phantom) is a generator the config hands in. The record and its split
+come before any cache (``prepare_record``, ``split_source``): evaluation at the original
+size reads no cache.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from src.data.context import context_ids, stack_channels
 from src.data.gpu_augment import DevicePath, GpuAugment
 from src.data.images import image_tensor
 from src.data.prepared import Reader, build_dir_atomically, locked, read_index, why_outdated
-from src.data.splits import SPLIT_NAMES, Splits, make_splits, read_splits
+from src.data.splits import (
+    SPLIT_NAMES,
+    PreparedSplit,
+    Splits,
+    read_or_make_splits,
+    selected_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +144,10 @@ class SegmentationDataModule(pl.LightningDataModule):
     are scored on the same slices). Multi-label class sets give (B, K, H, W) float masks.
     Generating, preparing and caching are locked, so concurrent runs (sweeps, nodes sharing a
     file system) do each once.
+
+    The defaults are conf/data/common.yaml's (``denoise``: its value without a ``denoiser``
+    group); ``num_classes``, which each dataset sets, and ``splits_out`` and
+    ``train_transform``, which the config takes from the run, have none.
     """
 
     def __init__(
@@ -143,22 +155,22 @@ class SegmentationDataModule(pl.LightningDataModule):
         root: str | Path,
         cache_dir: str | Path,
         reader: Reader,
+        num_classes: int,
+        splits_out: str | Path | None,
+        train_transform: Transform | None,
         image_size: Sequence[int] = (256, 384),
         batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int = 4,
+        pin_memory: bool = True,
         n_folds: int = 5,
         fold: int = 0,
         seed: int = 0,
         splits_file: str | Path | None = None,
-        splits_out: str | Path | None = None,
-        train_transform: Transform | None = None,
         group_column: str = "subject",
         stratify_column: str | None = None,
         select: Mapping[str, Sequence[str] | None] | None = None,
         synthetic: Mapping | None = None,
         in_channels: int = 1,
-        num_classes: int | None = None,
         denoise: ImageFilter | None = None,
         volume_column: str | None = None,
         slice_column: str | None = None,
@@ -175,7 +187,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         # 2.5D input (context_slices=k) stacks 2k + 1 slices of the reader's channels.
         expected = self.class_set.num_outputs
         channels = reader.in_channels * (2 * context_slices + 1)
-        if in_channels != channels or num_classes not in (None, expected):
+        if in_channels != channels or num_classes != expected:
             raise ValueError(
                 f"data.in_channels={in_channels}, data.num_classes={num_classes}: the "
                 f"{reader.name} data with data.context_slices={context_slices} has {channels} "
@@ -226,8 +238,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"data.synthetic must have the keys {', '.join(SYNTHETIC_KEYS)} (where, and the "
                 f"generator that writes a raw record there); got {sorted(self.synthetic)}"
             )
-        self.splits: Splits | None = None
-        self._rows: pd.DataFrame | None = None
+        self._split: PreparedSplit | None = None
         self._datasets: dict[str, CachedSegmentationDataset] = {}
 
     @property
@@ -250,7 +261,41 @@ class SegmentationDataModule(pl.LightningDataModule):
         synthetic_root = self.synthetic and Path(self.synthetic["root"]).resolve()
         return bool(synthetic_root) and self.root.resolve() == synthetic_root
 
+    @property
+    def splits(self) -> Splits | None:
+        """The images of each split (None before ``split_source``)."""
+        return self._split.splits if self._split is not None else None
+
+    def check_network(self, class_names: Sequence[str], in_channels: int, source: object) -> None:
+        """Refuse a network (``source``: where it comes from) trained on other classes or
+        taking another number of input channels than this data gives."""
+        if tuple(self.class_names) != tuple(class_names):
+            raise ValueError(
+                f"{source} was trained on classes {tuple(class_names)}, the "
+                f"data config has {tuple(self.class_names)}"
+            )
+        if self.in_channels != in_channels:
+            raise ValueError(
+                f"{source} takes {in_channels} input channel(s), the "
+                f"data config's images have {self.in_channels}"
+            )
+
     def prepare_data(self) -> None:
+        self.prepare_record()
+        build_cache(
+            self.prepared_dir,
+            self.image_size,
+            # Multi-label masks are bitmasks: values up to 2^K - 1 for K foreground classes.
+            num_classes=(
+                1 << self.class_set.num_outputs if self.class_set.multilabel else self.num_classes
+            ),
+            denoise=self.denoise,
+            in_channels=self.reader.in_channels,  # per file; 2.5D stacks them in the Dataset
+        )
+
+    def prepare_record(self) -> None:
+        """The raw record (generated where ``synthetic`` allows it) and its prepared copy,
+        prepared again when outdated: all that the split and evaluation need, no cache."""
         if not self.root.exists():
             self._generate_synthetic()
         with locked(self.prepared_dir):
@@ -262,16 +307,6 @@ class SegmentationDataModule(pl.LightningDataModule):
                 else:
                     log.info("preparing %s into %s", self.root, self.prepared_dir)
                 self.reader.prepare(self.root, self.prepared_dir, overwrite=exists)
-        build_cache(
-            self.prepared_dir,
-            self.image_size,
-            # Multi-label masks are bitmasks: values up to 2^K - 1 for K foreground classes.
-            num_classes=(
-                1 << self.class_set.num_outputs if self.class_set.multilabel else self.num_classes
-            ),
-            denoise=self.denoise,
-            in_channels=self.reader.in_channels,  # per file; 2.5D stacks them in the Dataset
-        )
 
     def _generate_synthetic(self) -> None:
         if not self.is_synthetic:
@@ -296,42 +331,51 @@ class SegmentationDataModule(pl.LightningDataModule):
             )
             build_dir_atomically(self.root, self.synthetic["generate"])
 
-    def setup(self, stage: str | None = None) -> None:
-        if self._datasets:  # fit then test call setup twice; the split must not change
-            return
+    def split_source(self) -> PreparedSplit:
+        """The selected index.csv rows and their split, read from ``splits_file`` or made, and
+        written to ``splits_out``; once per DataModule (fit then test must not change it). Needs
+        the prepared copy (``prepare_record``), not the array cache."""
+        if self._split is not None:
+            return self._split
         if self.is_synthetic:
             log.warning("data: SYNTHETIC data at %s", self.root)
-        rows = self._selected_rows()
-        if self.splits_file is not None:
-            self.splits = read_splits(self.splits_file, set(rows["image"]))
-            log.info(
-                "reproducing the split of %s (n_folds=%d, fold=%d, seed=%d)",
-                self.splits_file,
-                self.splits.n_folds,
-                self.splits.fold,
-                self.splits.seed,
-            )
-        else:
-            self.splits = make_splits(
-                rows,
-                n_folds=self.n_folds,
-                fold=self.fold,
-                seed=self.seed,
-                group_column=self.group_column,
-                stratify_column=self.stratify_column,
-            )
-        unused = len(rows) - sum(len(self.splits[s]) for s in SPLIT_NAMES)
+        rows = selected_rows(self.prepared_dir, self.select)
+        splits = read_or_make_splits(
+            rows,
+            self.splits_file,
+            n_folds=self.n_folds,
+            fold=self.fold,
+            seed=self.seed,
+            group_column=self.group_column,
+            stratify_column=self.stratify_column,
+        )
+        unused = len(rows) - sum(len(splits[s]) for s in SPLIT_NAMES)
         if unused:
             log.warning("%d images of %s are in no split", unused, self.prepared_dir)
         if self.splits_out is not None:
-            self._write_splits()
+            self._write_splits(splits)
+        self._split = PreparedSplit(
+            prepared_dir=self.prepared_dir,
+            rows=rows.set_index("image", drop=False),
+            splits=splits,
+            class_names=self.class_names,
+            stratify_column=self.stratify_column,
+            in_channels=self.reader.in_channels,  # per file; 2.5D stacks context_slices
+            context_slices=self.context_slices,
+            volume_column=self.volume_column,
+            slice_column=self.slice_column,
+        )
+        return self._split
 
+    def setup(self, stage: str | None = None) -> None:
+        if self._datasets:  # fit then test call setup twice
+            return
+        splits = self.split_source().splits
         cache_dir = cache_dir_for(
             self.prepared_dir, self.image_size, self.denoise, self.reader.in_channels
         )
         _, cached_masks, cached_ids = open_cache(cache_dir)
         row_of = {image: row for row, image in enumerate(cached_ids)}
-        self._rows = rows.set_index("image", drop=False)
         channels_of = None
         if self.context_slices:  # neighbours from the whole index: a selection cuts no volume
             channels_of = context_ids(
@@ -342,7 +386,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             )
         multilabel = self.class_set.num_outputs if self.class_set.multilabel else None
         for split in SPLIT_NAMES:
-            ids = list(self.splits[split])
+            ids = list(splits[split])
             if split == "train" and self.drop_empty:
                 kept = [i for i in ids if cached_masks[row_of[i]].any()]
                 log.info("data.drop_empty: %d of %d training slices kept", len(kept), len(ids))
@@ -363,26 +407,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             {split: len(dataset) for split, dataset in self._datasets.items()},
         )
 
-    def _selected_rows(self) -> pd.DataFrame:
-        rows = read_index(self.prepared_dir)
-        for column, values in self.select.items():
-            if column not in rows.columns:
-                raise ValueError(
-                    f"data.select.{column}: {self.prepared_dir}/index.csv has no column "
-                    f"{column!r} (it has {list(rows.columns)})"
-                )
-            known = sorted(rows[column].astype(str).unique())
-            unknown = sorted(set(map(str, values)) - set(known))
-            if unknown:
-                raise ValueError(
-                    f"data.select.{column} names unknown values {unknown}; the data has {known}"
-                )
-            rows = rows[rows[column].astype(str).isin(list(map(str, values)))]
-        return rows.reset_index(drop=True)
-
     @rank_zero_only
-    def _write_splits(self) -> None:
-        self.splits.write(self.splits_out)
+    def _write_splits(self, splits: Splits) -> None:
+        splits.write(self.splits_out)
         log.info("split written to %s", self.splits_out)
 
     def dataset(self, split: str) -> CachedSegmentationDataset:
@@ -392,11 +419,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self._datasets[split]
 
     def split_rows(self, split: str) -> pd.DataFrame:
-        """index.csv rows of one split (image, mask, subject, pixel size, original size and the
-        reader's own columns)."""
-        if self._rows is None:
-            raise RuntimeError("call setup() before asking for split rows")
-        return self._rows.loc[list(self.splits[split])].reset_index(drop=True)
+        """index.csv rows of one split (``PreparedSplit.split_rows``)."""
+        if self._split is None:
+            raise RuntimeError("call setup() or split_source() before asking for split rows")
+        return self._split.split_rows(split)
 
     def test_image_info(self) -> dict[str, dict]:
         """Per test image id: its index.csv row (JSON-ready, missing pixel size as None)."""

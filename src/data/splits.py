@@ -7,12 +7,17 @@ the mix); the dataset's config names both. With ``n_folds`` folds, the test spli
 ``fold``, the validation split is fold ``(fold + 1) % n_folds`` and the training split is
 every other fold; cycling ``fold`` over ``0..n_folds-1`` therefore tests every image exactly
 once.
+
+Everything here works on a prepared dir's index.csv alone: the split of a dataset, and the
+rows evaluation reads (``PreparedSplit``), never need its array cache.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
@@ -20,6 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
+
+from src.data.prepared import read_index
+
+log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -139,3 +148,79 @@ def read_splits(path: Path, known_images: set[str]) -> Splits:
         seed=int(record["seed"]),
         **{split: tuple(images) for split, images in lists.items()},
     )
+
+
+def selected_rows(prepared_dir: Path, select: Mapping[str, Sequence]) -> pd.DataFrame:
+    """The index.csv rows of ``prepared_dir`` whose ``column`` is one of the given values, for
+    each column of ``select`` (``data.select``); unknown columns and values are named."""
+    rows = read_index(prepared_dir)
+    for column, values in select.items():
+        if column not in rows.columns:
+            raise ValueError(
+                f"data.select.{column}: {prepared_dir}/index.csv has no column "
+                f"{column!r} (it has {list(rows.columns)})"
+            )
+        known = sorted(rows[column].astype(str).unique())
+        unknown = sorted(set(map(str, values)) - set(known))
+        if unknown:
+            raise ValueError(
+                f"data.select.{column} names unknown values {unknown}; the data has {known}"
+            )
+        rows = rows[rows[column].astype(str).isin(list(map(str, values)))]
+    return rows.reset_index(drop=True)
+
+
+def read_or_make_splits(
+    rows: pd.DataFrame,
+    splits_file: Path | None,
+    *,
+    n_folds: int,
+    fold: int,
+    seed: int,
+    group_column: str,
+    stratify_column: str | None,
+) -> Splits:
+    """The split of ``splits_file`` when given (reproduced exactly, its images checked against
+    ``rows``), else the one ``make_splits`` makes."""
+    if splits_file is None:
+        return make_splits(
+            rows,
+            n_folds=n_folds,
+            fold=fold,
+            seed=seed,
+            group_column=group_column,
+            stratify_column=stratify_column,
+        )
+    splits = read_splits(splits_file, set(rows["image"]))
+    log.info(
+        "reproducing the split of %s (n_folds=%d, fold=%d, seed=%d)",
+        splits_file,
+        splits.n_folds,
+        splits.fold,
+        splits.seed,
+    )
+    return splits
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    """A prepared dataset and its split: the selected index.csv rows of each split and what
+    reading and scoring them at the original size needs (no array cache, no input size).
+
+    ``in_channels``: of each image file (2.5D input stacks ``context_slices`` neighbours on
+    each side, found by ``volume_column`` and ``slice_column`` in the whole index.csv)."""
+
+    prepared_dir: Path
+    rows: pd.DataFrame  # the selected index.csv rows, indexed by image
+    splits: Splits
+    class_names: tuple[str, ...]
+    stratify_column: str | None
+    in_channels: int
+    context_slices: int
+    volume_column: str | None
+    slice_column: str | None
+
+    def split_rows(self, split: str) -> pd.DataFrame:
+        """index.csv rows of one split, in the split's order (image, mask, subject, pixel
+        size, original size and the reader's own columns)."""
+        return self.rows.loc[list(self.splits[split])].reset_index(drop=True)

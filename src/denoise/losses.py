@@ -24,6 +24,8 @@ from torch import nn
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 from torchvision.models import VGG16_Weights, vgg16
 
+from src.runs import resolve_run_checkpoint
+
 # ImageNet statistics the VGG16 weights were trained with.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -213,7 +215,7 @@ def task_perceptual_loss(ckpt_path: str | Path, layers: Sequence[str]) -> Featur
     """The task loss on the features of the segmentation network of a sonoseg checkpoint
     (a ``.ckpt`` file, or a run folder: the best checkpoint its summary.json names)."""
     # Imported here: the checkpoint loader builds networks from their configs.
-    from src.inference.checkpoint import load_model, resolve_run_checkpoint
+    from src.inference.checkpoint import load_model
 
     restored = load_model(resolve_run_checkpoint(ckpt_path))
     return FeatureLoss(SegmenterFeatures(restored.net, layers))

@@ -1,6 +1,6 @@
 """Agreement between two measurements of the same quantity over images (a prediction against
 the truth): paired difference statistics, per-image ellipse differences and the Bland-Altman
-plot."""
+plots."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from src.biometry import HeadMeasurement
+from src.runs import keep_existing
 
 
 @dataclass(frozen=True)
@@ -121,3 +123,21 @@ def write_bland_altman(
     figure.savefig(partial, format="png")
     os.replace(partial, path)  # never a half-written PNG under the final name
     return path
+
+
+def write_bland_altman_plots(rows: Sequence[dict], directory: Path) -> list[Path]:
+    """``bland_altman_hc_<units>.png`` per units with at least two images whose head was
+    measured in both truth and prediction (an existing plot is kept)."""
+    table = pd.DataFrame(list(rows))
+    if "hc_true" not in table:
+        return []
+    written = []
+    for units, group in table.groupby("biometry_units"):
+        both = group[["hc_true", "hc_pred"]].dropna()
+        if len(both) < 2:
+            continue
+        path = keep_existing(directory / f"bland_altman_hc_{units}.png")
+        written.append(
+            write_bland_altman(both["hc_true"], both["hc_pred"], path, quantity="HC", units=units)
+        )
+    return written

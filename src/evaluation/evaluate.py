@@ -1,7 +1,7 @@
 """Score a network on prepared images at their original size: Dice, IoU, surface distances and
 biometry per image, post-processing chosen on validation data, aggregates per class and per
 stratum (the data's stratification column: plane, head-size tertile). Pure of Lightning and
-Hydra: entry points pass the network and the index rows.
+Hydra: entry points pass the network and the split (``evaluate_split``) or the index rows.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from src.data.classes import ClassSet, class_mask, class_set_for, from_bitmask
 from src.data.context import context_ids, stack_channels
 from src.data.images import read_image
 from src.data.prepared import pixel_size_of, read_index, read_original
+from src.data.splits import PreparedSplit
 from src.ellipse import ELLIPSE_FIELDS
 from src.evaluation.agreement import difference_stats
 from src.evaluation.surface import CASES, class_surface_distances
@@ -426,6 +427,43 @@ def evaluate(
         # Per-volume Dice and slice detection where slices form volumes (data.volume_column).
         **volume_sections(scored, class_names[1:], volume_column),
     }
+
+
+def evaluate_split(
+    net: nn.Module,
+    source: PreparedSplit,
+    splits: Sequence[str],
+    *,
+    image_size: tuple[int, int],
+    multilabel: bool,
+    tta: bool,
+    robust_biometry: bool,
+    postprocess: str | Mapping,
+) -> dict:
+    """``evaluate`` of the rows of ``splits`` (in that order) of a prepared dataset, by a
+    network taking ``image_size`` inputs; ``postprocess="auto"`` decides on its val split.
+    The one way ``src.train``'s test after fitting and ``src.eval`` score a checkpoint."""
+    rows = pd.concat([source.split_rows(split) for split in splits])
+    return evaluate(
+        net,
+        rows.reset_index(drop=True),
+        source.prepared_dir,
+        source.class_names,
+        image_size,
+        tta_flip=tta,
+        robust_biometry=robust_biometry,
+        # A config's mapping as plain lists (summary.json records the setting).
+        postprocess_setting=postprocess
+        if isinstance(postprocess, str)
+        else {name: list(rules) for name, rules in postprocess.items()},
+        validation_rows=source.split_rows("val"),
+        strata_column=source.stratify_column,
+        in_channels=source.in_channels,
+        multilabel=multilabel,
+        context_slices=source.context_slices,
+        volume_column=source.volume_column,
+        slice_column=source.slice_column,
+    )
 
 
 def uwmgi_competition(

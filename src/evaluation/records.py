@@ -1,6 +1,7 @@
-"""From an ``evaluate`` result to the records beside the checkpoint: summary.json (the
-existing format extended), per_image.csv, the Bland-Altman plot, the head ellipses in
-HC18's submission format and the printed table."""
+"""From a scored split to its records: summary.json's content (``build_summary``, and
+``evaluation_summary`` for an ``evaluate`` result), the files written beside the checkpoint
+(summary.json, per_image.csv, the Bland-Altman plots, the head ellipses in HC18's submission
+format) and the printed table."""
 
 from __future__ import annotations
 
@@ -9,20 +10,67 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from src.data.readers.hc18 import SUBMISSION_CSV, write_submission
 from src.ellipse import ELLIPSE_FIELDS
+from src.evaluation.agreement import write_bland_altman_plots
 from src.evaluation.surface import SURFACE_DISTANCE_RULE
 from src.metrics import EMPTY_MASK_RULE
-from src.summary import (
-    build_summary,
-    keep_existing,
-    print_summary_table,
-    write_bland_altman_plots,
-    write_per_image_csv,
-    write_summary,
-)
+from src.runs import keep_existing, write_per_image_csv, write_summary
 
 log = logging.getLogger(__name__)
+
+# Per-class keys of summary.json, in this order where present.
+PER_CLASS_METRICS = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm")
+
+
+def build_summary(
+    *,
+    checkpoint: Path | None,
+    metrics: dict[str, float],
+    per_image: list[dict],
+    class_names: Sequence[str],
+    empty_rule: str,
+    image_info: dict[str, dict] | None = None,
+    training: dict | None = None,
+    counts: dict[str, dict[str, int]] | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Mean and per-class scores, per-image values (with plane/subject when known), and the
+    ``training`` record of the fit that produced the checkpoint (None when not trained here).
+    ``counts``: per class, the number of images of each empty/present case; ``extra``: further
+    sections (surface-distance rule, per plane, biometry, settings) appended as they are.
+
+    Per-image rows follow ``image_info``'s order (the split's), so the file is the same
+    whatever order the rows were gathered in (under DDP: process by process).
+    """
+    info = image_info or {}
+    order = {image_id: i for i, image_id in enumerate(info)}
+    rows = sorted(per_image, key=lambda row: order.get(row["id"], len(order)))
+    images = [{**info.get(row["id"], {}), **row} for row in rows]
+    return {
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "training": training,
+        "num_images": len(images),
+        "classes": list(class_names[1:]),
+        "empty_mask_rule": empty_rule,
+        "mean": {k: v for k, v in metrics.items() if k.endswith("_mean")},
+        "per_class": {
+            name: {
+                **{
+                    m: metrics.get(f"{m}_{name}")
+                    for m in PER_CLASS_METRICS
+                    if m in ("dice", "iou") or f"{m}_{name}" in metrics
+                },
+                **({"counts": counts[name]} if counts else {}),
+            }
+            for name in class_names[1:]
+        },
+        "per_image": images,
+        **(extra or {}),
+    }
 
 
 def evaluation_summary(
@@ -87,3 +135,39 @@ def write_ellipses_in_mm(rows: Sequence[dict], directory: Path) -> Path | None:
         for row in rows
     }
     return write_submission(keep_existing(directory / SUBMISSION_CSV), ellipses)
+
+
+def print_summary_table(summary: dict) -> None:
+    """Per class: Dice, IoU, HD95 and ASSD (mm where every image has a pixel size, else px)
+    and the missed / spurious counts, where the summary has them."""
+    per_class = summary["per_class"]
+    first = next(iter(per_class.values()), {})
+    units = "mm" if _all_known(per_class, "hd95_mm") else "px"
+    columns = [("Dice", "dice"), ("IoU", "iou")]
+    if f"hd95_{units}" in first:
+        columns += [(f"HD95 {units}", f"hd95_{units}"), (f"ASSD {units}", f"assd_{units}")]
+    table = Table(title=f"Test set: {summary['num_images']} images")
+    table.add_column("class")
+    for title, _ in columns:
+        table.add_column(title, justify="right")
+    if "counts" in first:
+        table.add_column("missed / spurious / both empty", justify="right")
+    for name, scores in per_class.items():
+        cells = [format_score(scores.get(key)) for _, key in columns]
+        if "counts" in scores:
+            c = scores["counts"]
+            cells.append(f"{c['target_only']} / {c['prediction_only']} / {c['both_empty']}")
+        table.add_row(name, *cells)
+    mean_cells = [format_score(summary["mean"].get(f"{key}_mean")) for _, key in columns]
+    table.add_row("mean", *mean_cells, *([""] if "counts" in first else []), style="bold")
+    Console().print(table)
+
+
+def _all_known(per_class: dict, key: str) -> bool:
+    values = [scores.get(key) for scores in per_class.values()]
+    return bool(values) and all(v is not None and not math.isnan(v) for v in values)
+
+
+def format_score(value: float | None) -> str:
+    """Four decimals, or n/a for a missing or undefined (NaN) score."""
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"

@@ -15,7 +15,6 @@ as training did. ``src.train_denoiser`` checkpoints carry
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from src.inference.prestage import DenoisedSegmenter, as_prestage
+from src.runs import resolve_run_checkpoint
 
 PAYLOAD_KEY = "sonoseg"
 PAYLOAD_FORMAT = 1
@@ -180,22 +180,6 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
         multilabel=bool(payload.get("multilabel", False)),
         context=payload.get("context"),
     )
-
-
-def resolve_run_checkpoint(path: str | Path) -> Path:
-    """A ``.ckpt`` file as it is; a run folder: the best checkpoint its
-    ``checkpoints/summary.json`` names (looked up in that folder, so a moved run works)."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    summary = path / "checkpoints" / "summary.json"
-    named = json.loads(summary.read_text()).get("checkpoint") if summary.is_file() else None
-    if not named:
-        raise FileNotFoundError(
-            f"{path}: a run folder whose checkpoints/summary.json names its best checkpoint "
-            "was expected (or give the .ckpt file itself)"
-        )
-    return path / "checkpoints" / Path(named).name
 
 
 def load_denoiser(

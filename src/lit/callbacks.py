@@ -1,4 +1,4 @@
-"""Callbacks for what Lightning's own do not do."""
+"""Callbacks for what Lightning's own do not do, and the lookup of its best checkpoint."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import ModelCheckpoint
 
-from src.summary import format_score
+from src.evaluation.records import format_score
 
 log = logging.getLogger(__name__)
+
+
+def best_checkpoint_callback(trainer: pl.Trainer, monitor: str) -> ModelCheckpoint | None:
+    """The checkpoint callback keeping the best ``monitor`` (last.ckpt's monitors nothing)."""
+    return next((c for c in trainer.checkpoint_callbacks if c.monitor == monitor), None)
 
 
 class TrainingLog(Callback):

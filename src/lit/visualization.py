@@ -16,7 +16,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.loggers import WandbLogger
 
 from src.metrics import decide
-from src.utils import keep_existing
+from src.runs import keep_existing
 from src.visualize import comparison_row, grid
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """How long the viewer takes to predict one scan on the CPU, as its Scan page does
-(``src.predict.predict_biometry``: the scan resized to the checkpoint's training resolution,
-the network, the logits back at the scan's size, argmax, head biometry):
+(``src.inference.measure.predict_biometry``: the scan resized to the checkpoint's training
+resolution, the network, the logits back at the scan's size, argmax, head biometry):
 
     python -m src.viewer_app.timing <file.ckpt> <image or folder> [--repeats 5] [--threads N]
 

@@ -22,10 +22,12 @@ import streamlit as st
 from src.biometry import Biometry, PixelSize
 from src.data.classes import RGB
 from src.data.prepared import read_index
+from src.evaluation.agreement import write_bland_altman_plots
 from src.inference.checkpoint import RestoredModel, load_ensemble
 from src.inference.measure import predict_biometry
-from src.summary import write_bland_altman_plots
-from src.viewer_app import logic
+from src.viewer_app.run_records import RunRecord, load_run
+from src.viewer_app.scan import click_grid, model_problem, without_classes
+from src.viewer_app.settings import SETTINGS_ENV, Inference, ViewerSettings
 from src.visualize import biometry_overlay, class_colours
 
 SCAN_PAGE = "views/scan.py"  # relative to app.py, as st.switch_page wants it
@@ -39,9 +41,9 @@ def stop(message: str) -> NoReturn:
     st.stop()
 
 
-def settings() -> logic.ViewerSettings:
+def settings() -> ViewerSettings:
     try:
-        return logic.ViewerSettings.from_json(os.environ.get(logic.SETTINGS_ENV))
+        return ViewerSettings.from_json(os.environ.get(SETTINGS_ENV))
     except ValueError as error:
         stop(str(error))
 
@@ -52,7 +54,7 @@ def _restored(paths: tuple[str, ...], stamps: tuple[float, ...]) -> RestoredMode
     return load_ensemble(list(paths), map_location="cpu")
 
 
-def model(inference: logic.Inference) -> RestoredModel:
+def model(inference: Inference) -> RestoredModel:
     """The checkpoint(s) of ``inference``; a message in the page when missing or unusable."""
     paths = inference.ckpt_paths
     stamps = tuple(Path(p).stat().st_mtime if Path(p).is_file() else 0.0 for p in paths)
@@ -60,7 +62,7 @@ def model(inference: logic.Inference) -> RestoredModel:
         restored = _restored(paths, stamps)
     except (OSError, ValueError) as error:
         stop(f"Cannot use the checkpoint: {error}")
-    problem = logic.model_problem(restored)
+    problem = model_problem(restored)
     if problem is not None:
         stop(problem)
     return restored
@@ -91,7 +93,7 @@ def _prediction(
 
 
 def predict(
-    restored: RestoredModel, inference: logic.Inference, image: np.ndarray, pixel: PixelSize
+    restored: RestoredModel, inference: Inference, image: np.ndarray, pixel: PixelSize
 ) -> tuple[np.ndarray, Biometry | None, float]:
     return _prediction(
         restored,
@@ -117,11 +119,11 @@ def dataset_index(prepared_dir: str) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=16)
-def _run(path: str, stamp: float, label: str | None) -> logic.RunRecord:
-    return logic.load_run(path, label)
+def _run(path: str, stamp: float, label: str | None) -> RunRecord:
+    return load_run(path, label)
 
 
-def run_record(summary_path: Path, label: str | None = None) -> logic.RunRecord:
+def run_record(summary_path: Path, label: str | None = None) -> RunRecord:
     """A summary.json, read once per version; a message in the page when it is unusable."""
     try:
         return _run(str(summary_path), summary_path.stat().st_mtime, label)
@@ -131,19 +133,19 @@ def run_record(summary_path: Path, label: str | None = None) -> logic.RunRecord:
 
 @st.cache_data(max_entries=16)
 def _bland_altman(path: str, stamp: float) -> dict[str, bytes]:
-    table = logic.load_run(path).table
+    table = load_run(path).table
     with tempfile.TemporaryDirectory() as folder:
         written = write_bland_altman_plots(table.to_dict("records"), Path(folder))
         return {p.stem.removeprefix("bland_altman_hc_"): p.read_bytes() for p in written}
 
 
-def bland_altman(record: logic.RunRecord) -> dict[str, bytes]:
-    """src.summary's head-circumference Bland-Altman plots of this evaluation, by units."""
+def bland_altman(record: RunRecord) -> dict[str, bytes]:
+    """The evaluation's head-circumference Bland-Altman plots of this evaluation, by units."""
     return _bland_altman(str(record.summary_path), record.summary_path.stat().st_mtime)
 
 
 def open_on_scan_page(
-    rows: Sequence[int], ids: pd.Series, inference: logic.Inference, state_key: str
+    rows: Sequence[int], ids: pd.Series, inference: Inference, state_key: str
 ) -> None:
     """A table row the user just selected opens its image on the Scan page, predicted as
     its run was evaluated. ``state_key`` remembers the selection, so coming back to the
@@ -180,7 +182,7 @@ def overlay(
     alpha: float = 0.45,
 ) -> np.ndarray:
     """src.visualize's overlay of ``labels`` with the hidden classes left out."""
-    shown = logic.without_classes(labels, hidden)
+    shown = without_classes(labels, hidden)
     return biometry_overlay(image, shown, names, biometry, pixel, alpha)
 
 
@@ -213,7 +215,7 @@ def quiz_chart(
     image: np.ndarray, guesses: dict[str, Sequence[float]], names: Sequence[str]
 ) -> alt.LayerChart:
     """The scan as a chart with a click selection (``click``) over an invisible grid of
-    targets (``logic.click_grid``): a click selects the nearest target, i.e. where the
+    targets (``scan.click_grid``): a click selects the nearest target, i.e. where the
     student clicked, in image pixels. Earlier guesses are drawn as crosses."""
     height, width = image.shape[:2]
     chart_w = min(QUIZ_WIDTH, width)
@@ -230,7 +232,7 @@ def quiz_chart(
     )
     click = alt.selection_point(name="click", on="click", nearest=True, fields=["x", "y"])
     targets = (
-        alt.Chart(logic.click_grid(width, height))
+        alt.Chart(click_grid(width, height))
         .mark_point(opacity=0)
         .encode(x=x, y=y)
         .add_params(click)

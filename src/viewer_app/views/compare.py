@@ -10,7 +10,7 @@ import streamlit as st
 
 from src.data.prepared import pixel_size_of, read_original
 from src.inference.measure import measure_labels
-from src.viewer_app import logic, ui
+from src.viewer_app import run_records, scan, ui
 
 settings = ui.settings()
 st.title("Compare")
@@ -21,7 +21,7 @@ text = st.text_area(
     key="compare_folders",
 )
 folders = [line.strip() for line in text.splitlines() if line.strip()]
-runs, problems = logic.list_runs(folders)
+runs, problems = run_records.list_runs(folders)
 for problem in problems:
     st.error(problem)
 if len(runs) < 2:
@@ -34,9 +34,9 @@ label_b = right.selectbox("Run B", labels, index=1, key="compare_b")
 first, second = ui.run_record(runs[label_a], label_a), ui.run_record(runs[label_b], label_b)
 
 st.subheader("Per class")
-ui.show_table(logic.per_class_table({"A": first, "B": second}))
+ui.show_table(run_records.per_class_table({"A": first, "B": second}))
 try:
-    joined = logic.join_runs(first, second).reset_index(drop=True)
+    joined = run_records.join_runs(first, second).reset_index(drop=True)
 except ValueError as error:
     ui.stop(str(error))
 if joined.empty:
@@ -52,7 +52,7 @@ if settings.prepared_dir is None:
 row = joined.iloc[(event.selection.rows or [0])[0]]
 index = ui.dataset_index(settings.prepared_dir)
 try:
-    index_row = logic.index_row(index, row["id"])
+    index_row = scan.index_row(index, row["id"])
     image, truth = read_original(Path(settings.prepared_dir), index_row)
 except ValueError as error:
     ui.stop(str(error))

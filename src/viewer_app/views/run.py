@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from src.viewer_app import logic, ui
+from src import runs
+from src.viewer_app import run_records, ui
 
 settings = ui.settings()
 st.title("Run")
@@ -19,7 +20,7 @@ if not folder:
     st.info("Give the folder of an evaluated run (start the viewer with run_dir=...).")
     st.stop()
 try:
-    summaries = logic.find_summaries(folder)
+    summaries = runs.find_summaries(folder)
 except OSError as error:
     ui.stop(str(error))
 summary_path = (
@@ -38,18 +39,18 @@ st.caption(
 )
 
 st.subheader("Per class")
-ui.show_table(logic.per_class_table({record.label: record}))
+ui.show_table(run_records.per_class_table({record.label: record}))
 
 st.subheader("Distributions")
-family = st.selectbox("Metric", logic.families(table, names), key="run_family")
+family = st.selectbox("Metric", run_records.families(table, names), key="run_family")
 st.altair_chart(
-    ui.distribution_chart(logic.class_distribution(table, family, names), names, family)
+    ui.distribution_chart(run_records.class_distribution(table, family, names), names, family)
 )
 
 st.subheader("Images, worst first")
-metrics = logic.metric_columns(table)
+metrics = run_records.metric_columns(table)
 metric = st.selectbox("Sort by", metrics, index=metrics.index("dice_mean"), key="run_sort")
-ordered = logic.worst_first(table, metric)[logic.shown_columns(record, metric)]
+ordered = run_records.worst_first(table, metric)[run_records.shown_columns(record, metric)]
 ordered = ordered.reset_index(drop=True)
 st.caption("Click a row to open the image on the Scan page; click a column title to re-sort.")
 event = st.dataframe(

@@ -13,7 +13,7 @@ import streamlit as st
 
 from src.data.prepared import pixel_size_of, read_original
 from src.inference.measure import measure_labels
-from src.viewer_app import logic, ui
+from src.viewer_app import scan, ui
 from src.visualize import class_colours, draw_markers
 
 DATASET, UPLOAD = "Dataset image", "Upload"
@@ -38,7 +38,7 @@ def uploaded_scan() -> tuple[np.ndarray, None, None, str]:
         st.stop()
     data = upload.getvalue()
     try:
-        image = logic.read_upload(upload.name, data)
+        image = scan.read_upload(upload.name, data)
     except ValueError as error:
         ui.stop(str(error))
     return image, None, None, f"upload:{upload.name}:{hashlib.sha1(data).hexdigest()[:12]}"
@@ -50,12 +50,12 @@ def dataset_scan(prepared_dir: str) -> tuple[np.ndarray, np.ndarray, float | Non
     wanted = st.session_state.get("scan_image")
     if wanted is not None and wanted not in ids:
         try:
-            logic.index_row(index, wanted)
+            scan.index_row(index, wanted)
         except ValueError as error:
             st.error(str(error))
         st.session_state["scan_image"] = ids[0]
     image_id = st.selectbox("Dataset image", ids, key="scan_image")
-    row = logic.index_row(index, image_id)
+    row = scan.index_row(index, image_id)
     try:
         image, truth = read_original(Path(prepared_dir), row)
     except ValueError as error:
@@ -75,7 +75,7 @@ if inference != settings.model:
 model = ui.model(inference)
 names, colours = model.class_names, class_colours(model.class_names)
 
-mismatch = logic.data_mismatch(model, settings.data_class_names)
+mismatch = scan.data_mismatch(model, settings.data_class_names)
 if settings.prepared_dir and mismatch:
     st.warning(mismatch)
 sources = [DATASET, UPLOAD] if settings.prepared_dir and not mismatch else [UPLOAD]
@@ -96,7 +96,7 @@ typed = st.number_input(
 pixel = typed or None
 
 with st.sidebar:
-    st.markdown(logic.legend_html(names, colours), unsafe_allow_html=True)
+    st.markdown(scan.legend_html(names, colours), unsafe_allow_html=True)
     alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="opacity")
     shown = {k: st.checkbox(name, True, key=f"show:{name}") for k, name in enumerate(names) if k}
     hidden = [k for k, visible in shown.items() if not visible]
@@ -106,8 +106,8 @@ labels, biometry, seconds = ui.predict(model, inference, image, pixel)
 reference = truth if truth is not None else labels
 guesses = st.session_state.setdefault(GUESSES, {}).setdefault(image_key, {})
 if quiz:
-    structures = logic.present_structures(reference, names)
-    wanted = logic.next_structure(structures, guesses)
+    structures = scan.present_structures(reference, names)
+    wanted = scan.next_structure(structures, guesses)
     if wanted is not None:
         st.subheader(f"Quiz: click where the {wanted} is")
         st.caption(
@@ -120,7 +120,7 @@ if quiz:
             selection_mode="click",
             key=f"quiz_chart:{image_key}:{len(guesses)}",  # a fresh selection per guess
         )
-        point = logic.clicked_point(event.get("selection"), "click")
+        point = scan.clicked_point(event.get("selection"), "click")
         if point is not None:
             guesses[wanted] = point
             st.rerun()
@@ -128,7 +128,7 @@ if quiz:
     against = "the true outline" if truth is not None else "the model's prediction"
     st.subheader(f"Quiz: how close you were (to {against})")
     if structures:
-        scores = logic.score_guesses(guesses, reference, names, pixel)
+        scores = scan.score_guesses(guesses, reference, names, pixel)
         ui.show_table(scores.set_index("structure"), 1)
     else:
         st.info(f"Nothing to find: {against} holds no structure.")
@@ -175,7 +175,7 @@ else:
             f"Check this fit: {head.unsupported_fraction:.0%} of the ellipse has no mask edge "
             "near it (drawn in orange)."
         )
-ui.show_table(logic.biometry_table(biometry, truth_biometry), 1)
+ui.show_table(scan.biometry_table(biometry, truth_biometry), 1)
 if truth is not None:
     st.subheader("Dice per class")
-    ui.show_table(logic.class_dice(labels, truth, names).set_index("class"))
+    ui.show_table(scan.class_dice(labels, truth, names).set_index("class"))

@@ -48,7 +48,7 @@ viewer: install
 
 # Every viewer page served and loaded in headless Chromium; screenshots in outputs/viewer-check/.
 viewer-check: install chromium
-	SONOSEG_SCREENSHOTS=outputs/viewer-check $(BIN)/pytest -m slow tests/test_viewer_app.py
+	SONOSEG_SCREENSHOTS=outputs/viewer-check $(BIN)/pytest -m slow tests/viewer_app/test_viewer_app.py
 
 # Debian's chromium for the browser test (never a browser download at run time).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

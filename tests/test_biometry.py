@@ -22,7 +22,7 @@ from src.evaluation.agreement import (
 from src.synthetic.phantom import ellipse_mask
 from src.synthetic.record import TRUTH_DIR
 
-HC18 = Path(__file__).resolve().parent / "data" / "hc18"
+HC18 = Path(__file__).resolve().parent / "fixtures" / "hc18"
 HEAD = FETAL_HEAD.head_labels
 BRAIN, CSP, LV = (FETAL_HEAD.label(name) for name in ("brain", "csp", "lv"))
 

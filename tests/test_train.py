@@ -25,8 +25,9 @@ from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # diconvae_* are src.train_denoiser's experiments (tests/test_denoise_train.py runs them);
-# lgg_* train on the LGG layout, not the phantom's (tests/test_lgg.py runs them); uwmgi_* on
-# the UW-Madison GI layout (tests/test_uwmgi.py runs them on its synthetic record).
+# lgg_* train on the LGG layout, not the phantom's (tests/data/readers/test_lgg.py runs them);
+# uwmgi_* on the UW-Madison GI layout (tests/data/readers/test_uwmgi.py runs them on its
+# synthetic record).
 EXPERIMENTS = sorted(
     p.stem
     for p in (ROOT / "conf" / "experiment").glob("*.yaml")
@@ -34,8 +35,8 @@ EXPERIMENTS = sorted(
 )
 # Experiments whose data is not the phantom's layout, or a part of it too small for 5 folds.
 EXPERIMENT_DATA = {
-    "hc18_unet": [f"data.root={ROOT / 'tests' / 'data' / 'hc18'}", "data.n_folds=3"],
-    "hc18_unet_cpu": [f"data.root={ROOT / 'tests' / 'data' / 'hc18'}", "data.n_folds=3"],
+    "hc18_unet": [f"data.root={ROOT / 'tests' / 'fixtures' / 'hc18'}", "data.n_folds=3"],
+    "hc18_unet_cpu": [f"data.root={ROOT / 'tests' / 'fixtures' / 'hc18'}", "data.n_folds=3"],
     # The session phantom has 2 Diverse subjects: add a plane to fill 3 folds.
     "hc18_unet_diverse": ["data.select.plane=[Diverse,Trans-thalamic]", "data.n_folds=3"],
 }

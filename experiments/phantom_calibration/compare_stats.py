@@ -1,4 +1,5 @@
-"""Compare B-mode phantoms with the real HC18 scans in tests/data/hc18 (8 of them), side by side.
+"""Compare B-mode phantoms with the real HC18 scans in tests/fixtures/hc18 (8 of them), side
+by side.
 
 Run from the repository root:
     .venv/bin/python experiments/phantom_calibration/compare_stats.py [--n 24] [--seed 0]
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from src.data.classes import FETAL_HEAD  # noqa: E402
 from src.synthetic.phantom import render_scan  # noqa: E402
 
-SAMPLE = ROOT / "tests" / "data" / "hc18"
+SAMPLE = ROOT / "tests" / "fixtures" / "hc18"
 # The 8 scans this calibration was made on (picked to span the range of head sizes).
 CALIBRATION_SCANS = (
     "014_2HC.png", "084_HC.png", "182_HC.png", "224_HC.png",

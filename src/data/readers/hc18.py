@@ -115,7 +115,7 @@ def read_annotation(path: Path) -> np.ndarray:
     The outline is drawn a few pixels wide, centred on the sonographer's ellipse: filling it
     whole would put the head edge half a line width outside that ellipse. So the ellipse is
     fitted to the outline's pixel centres (which straddle it evenly) and the mask is the
-    pixels whose centre lies inside it. A filled annotation (as in tests/data/hc18) kept the
+    pixels whose centre lies inside it. A filled annotation (as in tests/fixtures/hc18) kept the
     whole line: its edge's ellipse is inset by ``FILLED_INSET_PX`` (measured, see there)."""
     path = Path(path)
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from src.lit.visualization import ValidationImages
 from src.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""HC18 on the real scans in tests/data/hc18: the reader, the annotations' head circumference,
+"""HC18 on the real scans in tests/fixtures/hc18: the reader, the annotations' head circumference,
 grouped and stratified splits, a tiny training run, its evaluation and the submission CSVs."""
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from src.inference.checkpoint import Ensemble, load_ensemble
 from src.inference.predictor import predict_labels
 from src.predict import predict
 
-REPO = Path(__file__).resolve().parents[1]
-HC18 = REPO / "tests" / "data" / "hc18"
+REPO = Path(__file__).resolve().parents[3]
+HC18 = REPO / "tests" / "fixtures" / "hc18"
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
 
 

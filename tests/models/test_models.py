@@ -16,7 +16,7 @@ from src.models import AttentionGate, AttentionUNet, PadToMultiple, SegNet, UNet
 from src.models.segnet import MaxUnpool2x2
 from src.models.speed import split_speed_options
 
-CONF_DIR = Path(__file__).parents[1] / "conf"
+CONF_DIR = Path(__file__).parents[2] / "conf"
 MODEL_CONFIGS = sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml"))
 SCRATCH_NETS = [UNet, AttentionUNet, SegNet]
 ODD_SIZE = (61, 75)

@@ -19,8 +19,8 @@ from src.data.transforms import (
     beam_coordinates,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-# The albumentations presets (gpu.yaml batches torch transforms: tests/test_gpu_augment.py).
+ROOT = Path(__file__).resolve().parents[2]
+# The albumentations presets (gpu.yaml batches torch transforms: tests/data/test_gpu_augment.py).
 PRESETS = sorted(
     path
     for path in (ROOT / "conf" / "augmentation").glob("*.yaml")

@@ -30,7 +30,7 @@ from src.report import job_metrics
 from src.synthetic.lgg import write_lgg_record
 from src.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SIZE = 32
 # The record's tifs as the generator writes them: 8 patients, 4 without abnormality.
 FIXTURE = dict(n_patients=8, slices_per_patient=(4, 6), size=SIZE, tumour_free=4, seed=0)

@@ -38,7 +38,7 @@ from src.metrics import per_image_scores
 from src.synthetic.uwmgi import write_uwmgi_record
 from src.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SLICES_PER_DAY = 6
 
 

@@ -18,7 +18,7 @@ from src.models import UNet
 from src.models.speed import accelerate, compile_options, split_speed_options
 from src.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _compose(*overrides: str, hydra_config: bool = False):

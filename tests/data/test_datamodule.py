@@ -28,8 +28,8 @@ from src.data.prepared import read_index, source_record, write_source_record
 from src.data.readers.fetal_head import FetalHeadReader
 from src.synthetic.record import write_phantom_record
 
-ROOT = Path(__file__).resolve().parents[1]
-# The albumentations presets (gpu.yaml batches torch transforms: tests/test_gpu_augment.py).
+ROOT = Path(__file__).resolve().parents[2]
+# The albumentations presets (gpu.yaml batches torch transforms: tests/data/test_gpu_augment.py).
 AUGMENTATIONS = sorted(
     path
     for path in (ROOT / "conf" / "augmentation").glob("*.yaml")

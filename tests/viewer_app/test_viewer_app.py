@@ -36,7 +36,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from src.viewer_app.browser import Browser, find_chromium  # noqa: E402  (websockets)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "src" / "viewer_app" / "app.py"
 SCAN_SIZE = (64, 96)  # height, width of the uploaded scans
 AXES = (36, 22)  # semi-axes (px) of the bright head in them

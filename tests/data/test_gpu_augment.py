@@ -28,7 +28,7 @@ from src.data.gpu_augment import (
 from src.data.transforms import SpeckleNoise
 from src.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 H, W = 48, 64
 
 

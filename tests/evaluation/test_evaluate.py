@@ -23,7 +23,7 @@ from src.inference.checkpoint import PAYLOAD_KEY, load_model
 from src.inference.postprocess import fill_holes, keep_largest_component, postprocess
 from src.inference.predictor import predict_labels, predict_logits
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLASS_NAMES = ("background", "brain", "csp", "lv")
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
+from support import write_random_vgg16
 from torch import nn
-from torchvision.models import vgg16
 
 from src.data.cache import build_cache, cache_dir_for, open_cache, resize_image
 from src.denoise.classical import SRAD, Bilateral, Median, NonLocalMeans
@@ -26,7 +26,7 @@ from src.denoise.pairs import FolderPairs, PhantomPairs, SpeckledDataset, add_sp
 from src.inference.prestage import FilterLayer
 from src.synthetic.phantom import render_scan
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOSSES = sorted(p.stem for p in (ROOT / "conf" / "denoiser" / "loss").glob("*.yaml"))
 FILTERS = {
     "median": Median(),
@@ -45,20 +45,6 @@ def smooth_images(seed: int = 0, shape=(2, 1, 64, 64)) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand(shape[0], 1, 8, 8, generator=generator)
     return nn.functional.interpolate(coarse, size=shape[-2:], mode="bicubic").clamp(0, 1)
-
-
-def write_random_vgg16(folder: Path) -> Path:
-    """A torchvision-format vgg16 state dict up to relu2_2 with random weights: the loss
-    never downloads, so the tests bring their own file."""
-    with torch.device("meta"):
-        features = vgg16(weights=None).features[:9]
-    features = features.to_empty(device="cpu")
-    for layer in features:
-        if isinstance(layer, nn.Conv2d):
-            layer.reset_parameters()
-    path = folder / "vgg16-random.pth"
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

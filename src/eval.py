@@ -18,7 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+import src  # PROJECT_ROOT for the configs, CONF_DIR for Hydra
 from src.data.splits import SPLIT_NAMES
 from src.evaluation.evaluate import evaluate_split
 from src.evaluation.records import evaluation_summary, write_evaluation
@@ -69,7 +69,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     return result["metrics"]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=src.CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate_checkpoint(cfg)
 

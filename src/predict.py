@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+import src  # PROJECT_ROOT for the configs, CONF_DIR for Hydra
 from src.biometry import (
     HeadMeasurement,
     PixelSize,
@@ -251,7 +251,7 @@ def predict(
     return report
 
 
-@hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
+@hydra.main(config_path=src.CONF_DIR, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)  # plain values: a [row, col] list
     predict(

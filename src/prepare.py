@@ -6,10 +6,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+import src  # PROJECT_ROOT for the configs, CONF_DIR for Hydra
 
 
-@hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
+@hydra.main(config_path=src.CONF_DIR, config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     reader = hydra.utils.instantiate(cfg.data.reader)
     reader.prepare(Path(cfg.raw_dir), Path(cfg.out_dir), overwrite=cfg.overwrite)

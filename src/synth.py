@@ -5,10 +5,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+import src  # CONF_DIR for Hydra
 from src.synthetic.record import write_phantom_record
 
 
-@hydra.main(config_path="../conf", config_name="synth", version_base="1.3")
+@hydra.main(config_path=src.CONF_DIR, config_name="synth", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     write_phantom_record(
         Path(cfg.out_dir),

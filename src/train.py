@@ -14,7 +14,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+import src  # PROJECT_ROOT for the configs, CONF_DIR for Hydra
 from src.lit.callbacks import TrainingLog, best_checkpoint_callback
 from src.lit.factory import build_segmentation_module
 from src.lit.final_test import test_best_checkpoint
@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=src.CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     if metrics is None:  # a failed job of a sweep (see task_wrapper): Optuna records NaN as failed

@@ -18,7 +18,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+import src  # PROJECT_ROOT for the configs, CONF_DIR for Hydra
 from src.inference.prestage import as_prestage
 from src.lit.callbacks import TrainingLog, best_checkpoint_callback
 from src.lit.denoising import DenoisingModule, PairDataModule
@@ -121,7 +121,7 @@ def test_denoiser(
     return {f"test/{k}": v for k, v in result["metrics"].items()}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train_denoiser")
+@hydra.main(version_base="1.3", config_path=src.CONF_DIR, config_name="train_denoiser")
 def main(cfg: DictConfig) -> float | None:
     metrics = train_denoiser(cfg)
     if metrics is None:  # a failed job of a sweep (see task_wrapper)

@@ -21,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import src  # noqa: F401  (sets PROJECT_ROOT for the configs)
+import src  # PROJECT_ROOT for the configs, CONF_DIR for Hydra
 from src.viewer_app.settings import SETTINGS_ENV, Inference, ViewerSettings
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def streamlit_command(port: int, address: str) -> list[str]:
     ]
 
 
-@hydra.main(config_path="../conf", config_name="viewer", version_base="1.3")
+@hydra.main(config_path=src.CONF_DIR, config_name="viewer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     if importlib.util.find_spec("streamlit") is None:
         raise SystemExit(

@@ -2,6 +2,7 @@
 
     python -m src.bench                                     # the full grid (meant for a GPU)
     python -m src.bench --sizes 64 --base-channels 16 --steps 5 --batch-size 8   # CPU-sized
+    python -m src.bench --sizes 128x192 --threads 1 2 ...   # height x width; intra-op threads
     python -m src.bench ... [hydra overrides for the loader's data, e.g. data.root=/path]
 
 For every model (``--models``: ``unet`` = the scratch UNet of conf/model/unet.yaml at
@@ -33,6 +34,7 @@ import argparse
 import datetime as dt
 import itertools
 import logging
+import multiprocessing
 import os
 import platform
 import re
@@ -74,19 +76,38 @@ PEAK_TFLOPS = {
     "T4": (8.1, 65.0),
 }
 HEADER = (
-    "| model | size | batch | precision | channels_last | compile | Trainer img/s | "
+    "| model | size | batch | precision | channels_last | compile | threads | Trainer img/s | "
     "plain img/s | overhead | loader img/s | GFLOP/img | % peak |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
 
 
 @dataclass(frozen=True)
 class Setting:
     model: str
-    size: int
+    size: tuple[int, int]  # height, width
     precision: str
     channels_last: bool
     compile: bool
+    threads: int  # torch's intra-op threads
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``--sizes`` entries: ``256`` (square) or ``128x192`` (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) <= 0:
+        raise argparse.ArgumentTypeError(f"expected N or HxW (e.g. 128x192), got {text!r}")
+    return size
+
+
+def size_label(size: tuple[int, int]) -> str:
+    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
 
 
 # --------------------------------------------------------------------------- building
@@ -114,14 +135,14 @@ def build_network(cfg, setting: Setting) -> tuple[torch.nn.Module, dict]:
 
 
 def device_batches(
-    n: int, batch_size: int, size: int, num_classes: int, device: torch.device
+    n: int, batch_size: int, size: tuple[int, int], num_classes: int, device: torch.device
 ) -> list[dict]:
     """``n`` distinct random batches already on the device (images in [0, 1], labels)."""
     generator = torch.Generator().manual_seed(0)
     return [
         {
-            "image": torch.rand(batch_size, 1, size, size, generator=generator).to(device),
-            "mask": torch.randint(0, num_classes, (batch_size, size, size), generator=generator)
+            "image": torch.rand(batch_size, 1, *size, generator=generator).to(device),
+            "mask": torch.randint(0, num_classes, (batch_size, *size), generator=generator)
             .long()
             .to(device),
             "id": [f"bench{i}-{j}" for j in range(batch_size)],
@@ -181,7 +202,7 @@ def time_trainer(
         class_names=[f"class{i}" for i in range(cfg.data.num_classes)],
         scheduler_monitor="val/dice_mean",
         model_config=config,
-        image_size=[setting.size, setting.size],
+        image_size=list(setting.size),
         in_channels=1,
     )
     timer = _StepTimer(warmup)
@@ -238,6 +259,45 @@ def time_plain_loop(
     return steps * len(batches[0]["id"]) / (time.perf_counter() - start)
 
 
+def _shared_worker(args: tuple, results) -> None:
+    cfg, setting, batches, warmup, steps, wait_policy = args
+    torch.set_num_threads(setting.threads)
+    rate = time_plain_loop(cfg, setting, batches, warmup, steps, torch.device("cpu"))
+    results.put(rate)
+
+
+def time_shared(
+    cfg, setting: Setting, batches, warmup: int, steps: int, processes: int, wait_policy: str
+) -> list[float]:
+    """Images per second of each of ``processes`` plain loops run at once on the CPU (as a
+    parallel sweep, or the viewer beside a training, shares it), each with
+    ``setting.threads`` intra-op threads and OpenMP's ``wait_policy`` (``OMP_WAIT_POLICY``:
+    active threads spin at a barrier, passive ones sleep; ``default``: unset)."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    saved = os.environ.get("OMP_WAIT_POLICY")
+    if wait_policy != "default":
+        os.environ["OMP_WAIT_POLICY"] = wait_policy  # read when the child's OpenMP starts
+    try:
+        workers = [
+            context.Process(
+                target=_shared_worker,
+                args=((cfg, setting, batches, warmup, steps, wait_policy), results),
+            )
+            for _ in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        rates = [results.get(timeout=3600) for _ in workers]
+        for worker in workers:
+            worker.join()
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        if saved is not None:
+            os.environ["OMP_WAIT_POLICY"] = saved
+    return rates
+
+
 def time_loader(cfg, steps: int, device: torch.device) -> float:
     """Images per second of the DataModule's training loader alone (augmentation included,
     batches moved to the device, and the GPU data path's gathering and augmentation when it is
@@ -264,14 +324,14 @@ def time_loader(cfg, steps: int, device: torch.device) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def training_flops_per_image(cfg, size: int, device: torch.device) -> float:
+def training_flops_per_image(cfg, size: tuple[int, int], device: torch.device) -> float:
     """FLOPs of one training image, forward + backward, counted by torch's FlopCounterMode on
     one image on the device (the meta device cannot run every backward)."""
     config, _ = split_speed_options(OmegaConf.to_container(cfg.model, resolve=True))
     net = hydra.utils.instantiate(config).to(device)
     counter = FlopCounterMode(display=False)
     with counter:
-        net(torch.rand(1, 1, size, size, device=device)).float().sum().backward()
+        net(torch.rand(1, 1, *size, device=device)).float().sum().backward()
     return float(counter.get_total_flops())
 
 
@@ -353,7 +413,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=MODELS,
         help="none (a bare --models): time the loader alone",
     )
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
+    parser.add_argument(
+        "--sizes", nargs="+", type=parse_size, default=[(256, 256), (512, 512)], help="N or HxW"
+    )
     parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", nargs="+", default=["off", "on"], choices=on_off)
     parser.add_argument("--compile", nargs="+", default=["off", "on"], choices=on_off)
@@ -366,6 +428,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=3,
         help="interleaved Trainer / plain-loop rounds per setting; the medians are reported",
+    )
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        type=int,
+        default=[torch.get_num_threads()],
+        help="torch intra-op thread counts to compare (default: torch's own choice)",
+    )
+    parser.add_argument(
+        "--share",
+        type=int,
+        default=0,
+        help="time N plain loops running at once on the CPU against one alone, instead of "
+        "the grid (--threads, --wait-policies: the settings to compare)",
+    )
+    parser.add_argument(
+        "--wait-policies",
+        nargs="+",
+        default=["default"],
+        choices=["default", "passive", "active"],
+        help="OMP_WAIT_POLICY of the --share processes (default: unset)",
     )
     parser.add_argument("--num-workers", type=int, default=8, help="the loader's workers")
     parser.add_argument("--loader-steps", type=int, default=None, help="default: --steps")
@@ -384,14 +467,55 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+SHARE_HEADER = (
+    "| model | size | batch | precision | channels_last | threads each | OMP_WAIT_POLICY "
+    "| processes | img/s alone | img/s each (median) | slowdown |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def share_rows(args: argparse.Namespace, out: Path | None = None) -> list[str]:
+    """``--share N``: per setting and wait policy, one plain loop alone, then N at once; the
+    slowdown is alone / each (2 processes on 2 cores would ideally be 2x)."""
+    rows = []
+    for size, model in itertools.product(args.sizes, args.models):
+        cfg = compose_train_config(
+            [f"data.image_size=[{size[0]},{size[1]}]", *model_overrides(model, args.base_channels)]
+        )
+        batches = device_batches(
+            4, args.batch_size, size, cfg.data.num_classes, torch.device("cpu")
+        )
+        for precision, channels_last, threads, policy in itertools.product(
+            args.precisions, args.channels_last, args.threads, args.wait_policies
+        ):
+            setting = Setting(model, size, precision, channels_last, False, threads)
+            log.info("bench --share: %s %s", setting, policy)
+            timing = (cfg, setting, batches, args.warmup, args.steps)
+            alone = time_shared(*timing, 1, policy)[0]
+            each = statistics.median(time_shared(*timing, args.share, policy))
+            rows.append(
+                f"| {model_label(model, args.base_channels)} | {size_label(size)} "
+                f"| {args.batch_size} | {precision} | {'on' if channels_last else 'off'} "
+                f"| {threads} | {policy} | {args.share} | {alone:,.1f} | {each:,.1f} "
+                f"| {alone / each:.1f}x |"
+            )
+            log.info("bench: %s", rows[-1])
+            if out is not None:
+                with out.open("a") as f:
+                    f.write(rows[-1] + "\n")
+    return rows
+
+
 def run(args: argparse.Namespace, out: Path | None = None) -> list[str]:
     """Measure the grid; return the table rows (markdown), each also appended to ``out`` as
     soon as it is measured (a run cut short keeps what it measured)."""
+    if args.share:
+        return share_rows(args, out)
     device = torch.device(args.device)
     rows = []
     for size in args.sizes:
         data = [
-            f"data.image_size=[{size},{size}]",
+            f"data.image_size=[{size[0]},{size[1]}]",
             f"data.batch_size={args.batch_size}",
             f"data.num_workers={args.num_workers}",
             *args.overrides,
@@ -403,8 +527,8 @@ def run(args: argparse.Namespace, out: Path | None = None) -> list[str]:
         )
         if not args.models and loader is not None:
             rows.append(
-                f"| (loader only) | {size} | {args.batch_size} | - | - | - | - | - | - "
-                f"| {loader:,.1f} | - | - |"
+                f"| (loader only) | {size_label(size)} | {args.batch_size} | - | - | - | - | - | - "
+                f"| - | {loader:,.1f} | - | - |"
             )
             if out is not None:
                 with out.open("a") as f:
@@ -413,10 +537,11 @@ def run(args: argparse.Namespace, out: Path | None = None) -> list[str]:
             cfg = compose_train_config([*data, *model_overrides(model, args.base_channels)])
             flops = training_flops_per_image(cfg, size, device)
             batches = device_batches(4, args.batch_size, size, cfg.data.num_classes, device)
-            for precision, channels_last, compiled in itertools.product(
-                args.precisions, args.channels_last, args.compile
+            for precision, channels_last, compiled, threads in itertools.product(
+                args.precisions, args.channels_last, args.compile, args.threads
             ):
-                setting = Setting(model, size, precision, channels_last, compiled)
+                setting = Setting(model, size, precision, channels_last, compiled, threads)
+                torch.set_num_threads(threads)
                 log.info("bench: %s", setting)
                 # Interleaved rounds, medians: a load change on a shared machine (or clock
                 # boost) then hits both sides alike instead of skewing the overhead ratio.
@@ -433,9 +558,10 @@ def run(args: argparse.Namespace, out: Path | None = None) -> list[str]:
                 peak, _ = peak_tflops(device, precision)
                 fraction = trainer_ips * flops / (peak * 1e12) if peak else None
                 rows.append(
-                    f"| {model_label(model, args.base_channels)} | {size} | {args.batch_size} "
-                    f"| {precision} | {'on' if channels_last else 'off'} "
-                    f"| {'on' if compiled else 'off'} | {trainer_ips:,.1f} | {plain_ips:,.1f} "
+                    f"| {model_label(model, args.base_channels)} | {size_label(size)} "
+                    f"| {args.batch_size} | {precision} | {'on' if channels_last else 'off'} "
+                    f"| {'on' if compiled else 'off'} | {threads} "
+                    f"| {trainer_ips:,.1f} | {plain_ips:,.1f} "
                     f"| {plain_ips / trainer_ips - 1:+.1%} "
                     f"| {'-' if loader is None else f'{loader:,.1f}'} | {flops / 1e9:,.2f} "
                     f"| {'-' if fraction is None else f'{fraction:.1%}'} |"
@@ -463,7 +589,7 @@ def start_section(out: Path, args: argparse.Namespace, argv: Sequence[str]) -> N
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     loader_text = (
         "not timed (--no-loader)"
-        if args.no_loader
+        if args.no_loader or args.share
         else f"{args.num_workers} workers, augmentation as configured, "
         f"{args.loader_steps or args.steps} batches"
     )
@@ -472,10 +598,15 @@ def start_section(out: Path, args: argparse.Namespace, argv: Sequence[str]) -> N
         f"- versions: {versions()}\n"
         f"- command: `python -m src.bench {shlex.join(argv)}`\n"
         f"- settings: batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed "
-        f"steps on 4 preloaded random batches, median of {args.repeats} interleaved "
-        f"Trainer / plain-loop rounds; loader: {loader_text}; load average "
+        f"steps on 4 preloaded random batches, "
+        + (
+            f"plain loops, one alone then {args.share} at once"
+            if args.share
+            else f"median of {args.repeats} interleaved Trainer / plain-loop rounds"
+        )
+        + f"; loader: {loader_text}; load average "
         f"at the start {os.getloadavg()[0]:.1f} (other processes may share the CPU)\n"
-        f"- peak used for % peak: {peak_text}\n\n" + HEADER
+        f"- peak used for % peak: {peak_text}\n\n" + (SHARE_HEADER if args.share else HEADER)
     )
     if not out.exists():
         out.write_text(BENCHMARKS_INTRO)

@@ -7,13 +7,16 @@
 Writes ``out_dir/masks/<name>.png`` (uint8 label ids at the image's original size),
 ``out_dir/overlays/<name>.png`` (class colours, the fitted head ellipse and its values) and
 ``out_dir/biometry.csv`` (one row per image; mm with ``pixel_size_mm``, px otherwise; the
-fit-quality ``check`` flag). ``pixel_size_csv`` gives a pixel size per file instead, from a CSV
-in HC18's format (``filename,pixel size(mm)``, as ``test_set_pixel_size.csv``); with pixel sizes
-for every image, ``out_dir/hc18_submission.csv`` holds the head ellipses in the challenge's
-format. A file that cannot be read is named, listed in ``skipped.csv``
-and the others go on; the command fails only when no image could be processed. The folder
-is built beside ``out_dir`` and moved in when complete, and an existing ``out_dir`` is
-replaced only with ``overwrite=true`` and only if it is an earlier prediction folder.
+``quality_score``, how far the head circumference moves between mirrored and zoomed-out views,
+and ``flagged``, the score above the threshold calibrated on validation images when the
+checkpoint was evaluated: the measurements to redo by hand; ``src.inference.quality``).
+``pixel_size_csv`` gives a pixel size per file instead, from a CSV in HC18's format
+(``filename,pixel size(mm)``, as ``test_set_pixel_size.csv``); with pixel sizes for every
+image, ``out_dir/hc18_submission.csv`` holds the head ellipses in the challenge's format. A
+file that cannot be read is named, listed in ``skipped.csv`` and the others go on; the
+command fails only when no image could be processed. The folder is built beside ``out_dir``
+and moved in when complete, and an existing ``out_dir`` is replaced only with
+``overwrite=true`` and only if it is an earlier prediction folder.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from src.ellipse import ELLIPSE_FIELDS
 from src.inference.checkpoint import RestoredModel, load_ensemble
 from src.inference.images import list_inputs, read_image
 from src.inference.measure import head_class_set, predict_biometry
+from src.inference.quality import checkpoint_threshold
 from src.inference.volume import predict_volume_layout
 from src.visualize import biometry_overlay
 
@@ -52,7 +56,14 @@ log = logging.getLogger(__name__)
 BIOMETRY_CSV = "biometry.csv"  # also the mark of a prediction folder (see check_replaceable)
 PREDICTION_KIND = "prediction folder"
 SKIPPED_CSV = "skipped.csv"
-BIOMETRY_COLUMNS = [f.name for f in fields(HeadMeasurement)] + ["csp_width", "lv_width"]
+# The fit-geometry ``check`` is left out: it does not predict a measurement's error on real
+# scans (experiments/hc18/README.md); ``flagged`` is the quality flag.
+BIOMETRY_COLUMNS = [f.name for f in fields(HeadMeasurement) if f.name != "check"] + [
+    "csp_width",
+    "lv_width",
+    "quality_score",
+    "flagged",
+]
 
 
 @dataclass
@@ -72,19 +83,32 @@ def predict_image(
     tta_flip: bool = False,
     rules: Mapping[str, Sequence[str]] | None = None,
     robust_biometry: bool = False,
+    quality_threshold: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Labels (H, W), the RGB overlay and the biometry columns of one uint8 grey image."""
-    labels, biometry = predict_biometry(
+    """Labels (H, W), the RGB overlay and the biometry columns of one uint8 grey image (with
+    the quality score, and the flag given the checkpoint's ``quality_threshold``)."""
+    measured = predict_biometry(
         model,
         image,
         pixel_size_mm=pixel_size_mm,
         tta_flip=tta_flip,
         rules=rules,
         robust_biometry=robust_biometry,
+        quality_threshold=quality_threshold,
     )
+    labels, biometry = measured.labels, measured.biometry
     overlay = biometry_overlay(image, labels, model.class_names, biometry, pixel_size_mm)
     values = biometry.as_row() if biometry else {}
-    return labels, overlay, {"head_found": biometry is not None, **values}
+    return (
+        labels,
+        overlay,
+        {
+            "head_found": biometry is not None,
+            **values,
+            "quality_score": measured.quality_score,
+            "flagged": measured.flagged,
+        },
+    )
 
 
 def predict_files(
@@ -98,6 +122,7 @@ def predict_files(
     rules: Mapping[str, Sequence[str]] | None = None,
     robust_biometry: bool = False,
     overwrite: bool = False,
+    quality_threshold: float | None = None,
 ) -> PredictionReport:
     """Predict every readable file into ``out_dir`` (built aside, moved in when complete).
     ``pixel_sizes``: mm per pixel by file name (instead of one ``pixel_size_mm`` for all; a
@@ -145,6 +170,7 @@ def predict_files(
                 tta_flip=tta_flip,
                 rules=rules,
                 robust_biometry=robust_biometry,
+                quality_threshold=quality_threshold,
             )
             _write_png(staging / "masks" / output_name, labels)
             _write_png(staging / "overlays" / output_name, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
@@ -179,7 +205,7 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 def _write_tables(folder: Path, report: PredictionReport) -> None:
     rows = pd.DataFrame(report.rows)
-    columns = list(dict.fromkeys([*rows.columns, *BIOMETRY_COLUMNS]))
+    columns = [c for c in dict.fromkeys([*rows.columns, *BIOMETRY_COLUMNS]) if c != "check"]
     rows.reindex(columns=columns).to_csv(folder / BIOMETRY_CSV, index=False)
     if (rows["units"] == "mm").all():
         write_submission(
@@ -239,10 +265,13 @@ def predict(
         rules=rules,
         robust_biometry=robust_biometry,
         overwrite=overwrite,
+        quality_threshold=checkpoint_threshold(paths)
+        if head_class_set(model.class_names)
+        else None,
     )
-    checked = sum(bool(row.get("check")) for row in report.rows)
+    checked = sum(row.get("flagged") is True for row in report.rows)
     log.info(
-        "%d image(s) predicted into %s (%d skipped; %d measurement(s) flagged to check)",
+        "%d image(s) predicted into %s (%d skipped; %d measurement(s) flagged to redo by hand)",
         len(report.rows),
         report.out_dir,
         len(report.skipped),

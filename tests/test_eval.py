@@ -4,6 +4,7 @@ gone; the records it writes and never overwrites."""
 from __future__ import annotations
 
 import csv
+import math
 import json
 import os
 import shutil
@@ -84,7 +85,15 @@ def test_eval_command_scores_a_lone_checkpoint_at_the_original_size(evaluated, l
     assert {"plane", "subject", "pixel_size_mm", "dice_brain", "hd95_mm_lv", "hc_true"} <= set(
         rows[0]
     )
-    assert {"hc_pred", "hc_diff", "check_true", "check_pred"} <= set(rows[0])
+    assert {"hc_pred", "hc_diff", "check_true", "quality_score", "flagged"} <= set(rows[0])
+    # The quality flag: its threshold calibrated on the val images, its figures on the test.
+    quality = summary["quality"]
+    assert "val" in quality["calibrated_on"] and quality["images"] == summary["num_images"]
+    scores = [float(row["quality_score"] or "nan") for row in rows]
+    measured = [s for s in scores if not math.isnan(s)]
+    if quality["threshold"] is not None and measured:
+        flagged = sum(s > quality["threshold"] for s in measured)
+        assert quality["flagged"] == flagged == sum(row["flagged"] == "True" for row in rows)
     # The first phantom images are at their original 96 x 66 size.
     assert (rows[0]["orig_width"], rows[0]["orig_height"]) == ("96", "66")
 

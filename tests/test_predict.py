@@ -84,7 +84,8 @@ def test_folder_with_bad_files(ckpt, images, tmp_path, caplog):
     assert (rows["units"] == "mm").all() and rows["head_found"].all()
     np.testing.assert_allclose(rows["hc"], expected_hc, rtol=0.03)
     assert math.isclose(rows["angle_rad"][1], math.radians(30), abs_tol=0.05)
-    assert {"check", "unsupported_fraction", "csp_width", "lv_width"} <= set(rows.columns)
+    assert {"quality_score", "flagged", "unsupported_fraction", "csp_width"} <= set(rows.columns)
+    assert "check" not in rows.columns
     assert rows["csp_width"].isna().all()  # this model never predicts CSP
 
 

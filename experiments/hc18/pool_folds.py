@@ -4,8 +4,12 @@
 
 Each test image is in exactly one fold, so the folds' ``per_image.csv`` files together score
 every image once. They are aggregated with the evaluation's own ``summarize_rows`` (the same
-rules as summary.json) and printed: head Dice, HD95 and ASSD in mm, and the head circumference
-against the sonographer's value (mean, SD, median and max absolute difference, in mm).
+rules as summary.json) and printed: head Dice, HD95 and ASSD in mm, the head circumference
+against the sonographer's value (mean, SD, median and max absolute difference, in mm), and what
+the quality score (``src.inference.quality``) tells about that error: the share of errors over
+4 mm among the 10 % of scans it ranks worst, its Spearman correlation with the error, and the
+error of the scans each fold's flag (threshold calibrated on that fold's val split) leaves
+unflagged and flags.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +41,38 @@ def pooled_rows(folders: list[Path]) -> list[dict]:
     if repeated:
         raise ValueError(f"images scored in two folds: {repeated[:5]}; pass each fold once")
     return table.to_dict("records")
+
+
+LARGE_ERROR_MM = 4.0
+WORST_SHARE = 0.10
+
+
+def quality_figures(rows: list[dict]) -> dict | None:
+    """What the per-scan quality score says about the pooled HC errors; None without it."""
+    table = pd.DataFrame(rows)
+    if "quality_score" not in table:
+        return None
+    table = table.dropna(subset=["hc_reference_diff", "quality_score"])
+    error = table["hc_reference_diff"].abs()
+    score = table["quality_score"].astype(float)
+    worst = score.rank(method="first", ascending=False) <= round(WORST_SHARE * len(table))
+    flagged = table["flagged"].astype(str) == "True"
+    return {
+        "scans_scored": len(table),
+        "spearman_score_error": float(score.corr(error, method="spearman")),
+        f"worst_{WORST_SHARE:.0%}_by_score": {
+            "scans": int(worst.sum()),
+            f"share_error_over_{LARGE_ERROR_MM:g}mm": float((error[worst] > LARGE_ERROR_MM).mean()),
+            "error_mean_mm": float(error[worst].mean()),
+        },
+        f"share_of_all_errors_over_{LARGE_ERROR_MM:g}mm": float((error > LARGE_ERROR_MM).mean()),
+        "flag_calibrated_on_val": {
+            "flagged_share": float(flagged.mean()),
+            "error_flagged_mean_mm": float(error[flagged].mean()) if flagged.any() else np.nan,
+            "error_unflagged_mean_mm": float(error[~flagged].mean()),
+            "error_unflagged_max_mm": float(error[~flagged].max()),
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         "hc_abs_diff_sd_mm": float(
             pd.Series([r.get("hc_reference_diff") for r in rows]).abs().std()
         ),
+        "quality": quality_figures(rows),
     }
     print(json.dumps(figures, indent=2))
     if args.json:

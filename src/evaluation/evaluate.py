@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,8 +29,16 @@ from src.evaluation.agreement import difference_stats
 from src.evaluation.surface import CASES, class_surface_distances
 from src.evaluation.uwmgi_metric import competition_score
 from src.evaluation.volumes import slice_counts, volume_sections
+from src.inference.measure import head_class_set
 from src.inference.postprocess import check_rules, postprocess
-from src.inference.predictor import predict_labels
+from src.inference.predictor import labels_from_logits, predict_views, tta_views
+from src.inference.quality import (
+    FLAG_SHARE,
+    QUALITY_VIEWS,
+    calibrate_threshold,
+    hc_spread,
+    is_flagged,
+)
 from src.metrics import per_image_scores, summarize
 
 log = logging.getLogger(__name__)
@@ -47,6 +56,16 @@ BIOMETRY_QUANTITIES = ("hc", "bpd", "ofd", "csp_width", "lv_width")
 REFERENCE_HC = "hc_mm"
 
 
+class Prediction(NamedTuple):
+    """One image at its original size: its index row, truth and raw predicted labels, and,
+    where the quality score is computed, the label map of every ``QUALITY_VIEWS`` view."""
+
+    row: dict
+    truth: np.ndarray
+    labels: np.ndarray
+    view_labels: list[np.ndarray] | None = None
+
+
 def predict_rows(
     net: nn.Module,
     rows: pd.DataFrame,
@@ -57,11 +76,16 @@ def predict_rows(
     in_channels: int = 1,
     multilabel: bool = False,
     channels_of: Mapping[str, Sequence[str]] | None = None,
-) -> list[tuple[dict, np.ndarray, np.ndarray]]:
-    """(row, truth, raw prediction) per image, both at the original size. ``in_channels``:
-    of each image file; ``channels_of``: per image, the images stacked as its input (2.5D,
-    ``src.data.context.context_ids``); ``multilabel``: truth and prediction are bitmasks."""
+    quality: bool = False,
+) -> list[Prediction]:
+    """One ``Prediction`` per row. ``in_channels``: of each image file; ``channels_of``: per
+    image, the images stacked as its input (2.5D, ``src.data.context.context_ids``);
+    ``multilabel``: truth and prediction are bitmasks; ``quality``: also the views' labels
+    (the prediction is still the mean of the test-time views, which come first)."""
     predicted = []
+    prediction_views = tta_views(tta_flip)
+    views = QUALITY_VIEWS if quality else prediction_views
+    assert views[: len(prediction_views)] == prediction_views
     for row in rows.to_dict("records"):
         image, truth = read_original(prepared_dir, row, in_channels)
         if channels_of is not None:
@@ -71,8 +95,10 @@ def predict_rows(
                     for name in channels_of[row["image"]]
                 ]
             )
-        labels = predict_labels(net, image, image_size, tta_flip=tta_flip, multilabel=multilabel)
-        predicted.append((row, truth, labels))
+        logits = predict_views(net, image, image_size, views)
+        labels = labels_from_logits(logits[: len(prediction_views)].mean(0), multilabel=multilabel)
+        view_labels = [labels_from_logits(v) for v in logits] if quality else None
+        predicted.append(Prediction(row, truth, labels, view_labels))
     return predicted
 
 
@@ -86,9 +112,7 @@ def dice_per_image(labels: np.ndarray, truth: np.ndarray, num_classes: int) -> n
     return dice[0].numpy()
 
 
-def choose_postprocess(
-    predicted: Sequence[tuple[dict, np.ndarray, np.ndarray]], class_names: Sequence[str]
-) -> dict:
+def choose_postprocess(predicted: Sequence[Prediction], class_names: Sequence[str]) -> dict:
     """Per class, the candidate rules that raise its mean Dice over ``predicted`` (the
     validation images) the most; none where nothing helps. Returns the decision record:
     ``rules`` and the mean Dice of every candidate. A rule changes only its own class (and
@@ -104,7 +128,7 @@ def choose_postprocess(
                     truth,
                     len(names),
                 )[k]
-                for _, truth, labels in predicted
+                for _, truth, labels, _ in predicted
             ]
             for k, name in enumerate(names[1:])
         ]
@@ -126,7 +150,7 @@ def choose_postprocess(
 def resolve_postprocess(
     setting: str | Mapping,
     class_names: Sequence[str],
-    validation: Sequence[tuple[dict, np.ndarray, np.ndarray]] | None,
+    validation: Sequence[Prediction] | None,
 ) -> dict:
     """``"none"``, explicit per-class rules, or ``"auto"`` (decided on ``validation``):
     the record written to summary.json, with the ``rules`` to apply."""
@@ -207,7 +231,7 @@ def biometry_columns(
     robust: bool = False,
 ) -> dict:
     """``<quantity>_true``, ``_pred``, ``_diff`` (pred - true; NaN unless both measured), the
-    units, the fit-quality ``check`` flags of truth and prediction, the predicted ellipse
+    units, the fit-geometry ``check`` of the truth (annotation QA), the predicted ellipse
     (``ellipse_*``) and, given a ``reference_hc`` in mm, ``hc_reference`` and
     ``hc_reference_diff`` (pred - reference)."""
     measured = {
@@ -230,7 +254,11 @@ def biometry_columns(
         }
         for quantity, value in values.items():
             out[f"{quantity}_{which}"] = math.nan if value is None else float(value)
-        out[f"check_{which}"] = None if head is None else bool(head.check)
+        if which == "true":
+            # Annotation QA: the true outline is not an ellipse the image supports. A
+            # prediction's trust is its quality score (src.inference.quality) instead: a
+            # wrong predicted head is a smooth ellipse this geometry cannot tell apart.
+            out["check_true"] = None if head is None else bool(head.check)
         if which == "pred":
             out |= {
                 f"ellipse_{k}": math.nan if head is None else getattr(head, k)
@@ -284,7 +312,6 @@ def biometry_summary(rows: Sequence[dict]) -> dict:
             },
             "check_flagged": {
                 "truth": int((group["check_true"] == True).sum()),  # noqa: E712 (None: no head)
-                "prediction": int((group["check_pred"] == True).sum()),  # noqa: E712
             },
             "differences": {},
         }
@@ -359,6 +386,7 @@ def evaluate(
     context_slices: int = 0,
     volume_column: str | None = None,
     slice_column: str | None = None,
+    quality_threshold: float | None = None,
 ) -> dict:
     """Predict ``rows`` at their original size, post-process, score. Returns ``rows`` (one
     dict per image, in the given order), the aggregates of ``summarize_rows``,
@@ -368,7 +396,8 @@ def evaluate(
     (no post-processing: its rules act on label maps). ``context_slices``: 2.5D input, the
     neighbours found in the whole index.csv by ``volume_column`` and ``slice_column``; the
     class set's ``competition_metric`` (UW-Madison GI) is scored per volume, as
-    ``competition``."""
+    ``competition``. ``quality_threshold``: the quality flag's threshold as calibrated before
+    (external data); None: calibrated on ``validation_rows``."""
     net.eval()
     class_set = class_set_for(class_names)
     if multilabel and postprocess_setting not in ("auto", "none"):
@@ -384,27 +413,41 @@ def evaluate(
         else None
     )
     options = {"in_channels": in_channels, "multilabel": multilabel, "channels_of": channels_of}
+    # The quality score of head measurements (src.inference.quality), its threshold
+    # calibrated on the validation images.
+    options["quality"] = quality = head_class_set(class_names) is not None and not multilabel
     validation = None
-    if postprocess_setting == "auto" and validation_rows is not None and len(validation_rows):
+    wanted = postprocess_setting == "auto" or (quality and quality_threshold is None)
+    if wanted and validation_rows is not None and len(validation_rows):
         validation = predict_rows(
             net, validation_rows, prepared_dir, image_size, tta_flip=tta_flip, **options
         )
     decision = resolve_postprocess(postprocess_setting, class_names, validation)
+    threshold = quality_threshold
+    calibrated_on = "given (calibrated before)"
+    if quality and threshold is None and validation:
+        calibrated_on = f"val ({len(validation)} images), flags the worst {FLAG_SHARE:.0%} of them"
+        threshold = calibrate_threshold(
+            [quality_score(p, class_names, decision["rules"]) for p in validation]
+        )
     scored = []
     predicted = predict_rows(net, rows, prepared_dir, image_size, tta_flip=tta_flip, **options)
-    for row, truth, labels in predicted:
+    for prediction in predicted:
+        labels = prediction.labels
         if decision["rules"]:
             labels = postprocess(labels, decision["rules"], class_names)
-        scored.append(
-            score_image(
-                row,
-                truth,
-                labels,
-                class_names,
-                robust_biometry=robust_biometry,
-                multilabel=multilabel,
-            )
+        row = score_image(
+            prediction.row,
+            prediction.truth,
+            labels,
+            class_names,
+            robust_biometry=robust_biometry,
+            multilabel=multilabel,
         )
+        if quality:
+            score = quality_score(prediction, class_names, decision["rules"])
+            row |= {"quality_score": score, "flagged": is_flagged(score, threshold)}
+        scored.append(row)
     competition = None
     if class_set is not None and class_set.competition_metric == "uwmgi":
         competition = uwmgi_competition(predicted, class_names, volume_column, slice_column)
@@ -412,6 +455,7 @@ def evaluate(
         "rows": scored,
         **summarize_rows(scored, class_names, strata_column),
         "postprocess": decision,
+        **({"quality": quality_summary(scored, threshold, calibrated_on)} if quality else {}),
         "settings": {
             "resolution": "original (index.csv orig_width x orig_height)",
             "model_input_size": list(image_size),
@@ -429,6 +473,44 @@ def evaluate(
     }
 
 
+def quality_score(
+    prediction: Prediction, class_names: Sequence[str], rules: Mapping[str, Sequence[str]]
+) -> float:
+    """The HC spread over the quality views of one prediction (mm, or px without a pixel
+    size), each view post-processed like the prediction."""
+    return hc_spread(prediction.view_labels, class_names, pixel_size_of(prediction.row), rules)
+
+
+def quality_summary(rows: Sequence[dict], threshold: float | None, calibrated_on: str) -> dict:
+    """What the quality flag did on these images: the threshold and where it was chosen, how
+    many images it flags, the head-circumference error (against the sonographer's HC where
+    there is one, else the true mask's) of the flagged and unflagged ones, and the Spearman
+    correlation of score and error."""
+    table = pd.DataFrame(list(rows))
+    reference = "hc_reference_diff" if table["hc_reference_diff"].notna().any() else "hc_diff"
+    error = table[reference].abs()
+    flagged = table["flagged"] == True  # noqa: E712 (None: no threshold or no head)
+    unflagged = table["flagged"] == False  # noqa: E712
+    scores = table["quality_score"].replace(np.inf, np.nan)
+    both = pd.DataFrame({"score": table["quality_score"], "error": error}).dropna()
+    return {
+        "score": "max - min head circumference over the views "
+        + ", ".join(f"flip={v.flip} zoom={v.zoom:g}" for v in QUALITY_VIEWS),
+        "threshold": threshold,
+        "calibrated_on": calibrated_on if threshold is not None else "no validation images",
+        "error": f"|{reference}|",
+        "images": len(table),
+        "flagged": int(flagged.sum()),
+        "flagged_share": float(flagged.mean()) if len(table) else math.nan,
+        "error_flagged_mean": _nanmean(error[flagged]),
+        "error_unflagged_mean": _nanmean(error[unflagged]),
+        "score_median": float(scores.median()) if scores.notna().any() else math.nan,
+        "spearman_score_error": float(both["score"].corr(both["error"], method="spearman"))
+        if len(both) > 2
+        else math.nan,
+    }
+
+
 def evaluate_split(
     net: nn.Module,
     source: PreparedSplit,
@@ -439,9 +521,11 @@ def evaluate_split(
     tta: bool,
     robust_biometry: bool,
     postprocess: str | Mapping,
+    quality_threshold: float | None = None,
 ) -> dict:
     """``evaluate`` of the rows of ``splits`` (in that order) of a prepared dataset, by a
-    network taking ``image_size`` inputs; ``postprocess="auto"`` decides on its val split.
+    network taking ``image_size`` inputs; ``postprocess="auto"`` decides on its val split, and
+    the quality flag's threshold is calibrated there unless ``quality_threshold`` is given.
     The one way ``src.train``'s test after fitting and ``src.eval`` score a checkpoint."""
     rows = pd.concat([source.split_rows(split) for split in splits])
     return evaluate(
@@ -463,11 +547,12 @@ def evaluate_split(
         context_slices=source.context_slices,
         volume_column=source.volume_column,
         slice_column=source.slice_column,
+        quality_threshold=quality_threshold,
     )
 
 
 def uwmgi_competition(
-    predicted: Sequence[tuple[dict, np.ndarray, np.ndarray]],
+    predicted: Sequence[Prediction],
     class_names: Sequence[str],
     volume_column: str | None,
     slice_column: str | None,
@@ -479,7 +564,7 @@ def uwmgi_competition(
         return None
     num_foreground = len(class_names) - 1
     volumes: dict[str, list] = {}
-    for row, truth, labels in predicted:
+    for row, truth, labels, _ in predicted:
         volumes.setdefault(str(row[volume_column]), []).append((row[slice_column], labels, truth))
     stacks = {}
     for name, slices in volumes.items():

@@ -103,6 +103,8 @@ def evaluation_summary(
             "training_resolution": training_resolution,
             # The class set's competition score (UW-Madison GI), where it has one.
             **({"competition": result["competition"]} if "competition" in result else {}),
+            # The head measurements' quality flag: threshold (val) and what it flags (test).
+            **({"quality": result["quality"]} if "quality" in result else {}),
             # Per-volume Dice and slice detection (src.evaluation.volumes), where volumes exist.
             **{key: result[key] for key in ("per_volume", "detection") if key in result},
         },

@@ -1,22 +1,37 @@
 """One image in, its label map and biometry out: the network at the original size
-(``predictor``) followed by the head measurement of the class set, where it has a head."""
+(``predictor``) followed by the head measurement of the class set, where it has a head, and
+the measurement's quality score (``quality``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from src.biometry import Biometry, PixelSize, measure_class_set
 from src.data.classes import ClassSet, class_set_for
 from src.inference.checkpoint import RestoredModel
-from src.inference.predictor import predict_labels
+from src.inference.predictor import labels_from_logits, predict_views, tta_views
+from src.inference.quality import QUALITY_VIEWS, hc_spread, is_flagged
 
 
 def head_class_set(class_names: Sequence[str]) -> ClassSet | None:
     """The registered class set of these names if it has a head to measure."""
     class_set = class_set_for(class_names)
     return class_set if class_set is not None and class_set.head_labels else None
+
+
+class Measured(NamedTuple):
+    """One image's labels (H, W), biometry (None: no head found, or a class set without a
+    head), quality score (NaN without a head; see ``src.inference.quality``) and flag (None
+    without a calibrated threshold)."""
+
+    labels: np.ndarray
+    biometry: Biometry | None
+    quality_score: float
+    flagged: bool | None
 
 
 def predict_biometry(
@@ -27,19 +42,25 @@ def predict_biometry(
     tta_flip: bool = False,
     rules: Mapping[str, Sequence[str]] | None = None,
     robust_biometry: bool = False,
-) -> tuple[np.ndarray, Biometry | None]:
-    """Labels (H, W) of one uint8 grey image and their biometry (None: no head found, or a
-    class set without a head); apart from ``predict_image`` for callers that draw their own
-    overlay (the viewer)."""
-    labels = predict_labels(
-        model.net,
-        image,
-        model.image_size,
-        tta_flip=tta_flip,
-        rules=rules,
-        class_names=model.class_names,
+    quality_threshold: float | None = None,
+) -> Measured:
+    """The network on one uint8 grey image at its original size, post-processed, measured,
+    and its quality score from the quality views (run in the same batch as the prediction's
+    own views); apart from ``predict_image`` for callers that draw their own overlay (the
+    viewer)."""
+    measure = head_class_set(model.class_names) is not None
+    prediction_views = tta_views(tta_flip)
+    views = QUALITY_VIEWS if measure else prediction_views
+    logits = predict_views(model.net, image, model.image_size, views)
+    labels = labels_from_logits(
+        logits[: len(prediction_views)].mean(0), rules=rules, class_names=model.class_names
     )
-    return labels, measure_labels(labels, model.class_names, pixel_size_mm, robust=robust_biometry)
+    biometry = measure_labels(labels, model.class_names, pixel_size_mm, robust=robust_biometry)
+    score = math.nan
+    if measure:
+        view_labels = [labels_from_logits(v) for v in logits]
+        score = hc_spread(view_labels, model.class_names, pixel_size_mm, rules)
+    return Measured(labels, biometry, score, is_flagged(score, quality_threshold))
 
 
 def measure_labels(

@@ -168,7 +168,7 @@ def class_distribution(
 
 def shown_columns(record: RunRecord, sort_metric: str) -> list[str]:
     """The run table's columns: the image, its stratum and subject, mean and per-class Dice,
-    the head circumference, and the metric it is sorted by."""
+    the head circumference and its quality score and flag, and the metric it is sorted by."""
     names = record.class_names[1:]
     wanted = [
         "id",
@@ -181,6 +181,8 @@ def shown_columns(record: RunRecord, sort_metric: str) -> list[str]:
         "hc_pred",
         "hc_diff",
         "biometry_units",
+        "quality_score",
+        "flagged",
     ]
     return [c for c in dict.fromkeys(wanted) if c is not None and c in record.table]
 

@@ -111,6 +111,19 @@ def class_dice(labels: np.ndarray, truth: np.ndarray, class_names: Sequence[str]
 BIOMETRY_ROWS = ("HC", "BPD", "OFD", "CSP width", "LV width")
 
 
+def quality_text(score: float, flagged: bool | None, units: str) -> str:
+    """One line on how far to trust the measurement (``src.inference.quality``)."""
+    if math.isnan(score):
+        return "Quality score: nothing measured."
+    spread = "a head in some views only" if math.isinf(score) else f"{score:.1f} {units}"
+    verdict = {
+        True: "flagged: redo by hand",
+        False: "not flagged",
+        None: "no calibrated threshold (evaluate the checkpoint to get one)",
+    }[flagged]
+    return f"Quality score (HC spread over mirrored and zoomed-out views): {spread}; {verdict}."
+
+
 def biometry_table(predicted: Biometry | None, truth: Biometry | None = None) -> pd.DataFrame:
     """HC, BPD, OFD, CSP and LV widths of the prediction (and of the true mask), one row
     each; NaN where a structure was not found. Units: the head measurement's."""

@@ -24,7 +24,8 @@ from src.data.classes import RGB
 from src.data.prepared import read_index
 from src.evaluation.agreement import write_bland_altman_plots
 from src.inference.checkpoint import RestoredModel, load_ensemble
-from src.inference.measure import predict_biometry
+from src.inference.measure import Measured, predict_biometry
+from src.inference.quality import checkpoint_threshold
 from src.viewer_app.run_records import RunRecord, load_run
 from src.viewer_app.scan import click_grid, model_problem, without_classes
 from src.viewer_app.settings import SETTINGS_ENV, Inference, ViewerSettings
@@ -77,24 +78,33 @@ def _prediction(
     tta_flip: bool,
     rules_json: str,
     robust: bool,
-) -> tuple[np.ndarray, Biometry | None, float]:
-    """Labels, biometry and the seconds they took; ``model_key`` stands for ``_model``
-    (which Streamlit does not hash)."""
+    quality_threshold: float | None,
+) -> tuple[Measured, float]:
+    """Labels, biometry, quality score and flag, and the seconds they took; ``model_key``
+    stands for ``_model`` (which Streamlit does not hash)."""
     start = time.perf_counter()
-    labels, biometry = predict_biometry(
+    measured = predict_biometry(
         _model,
         image,
         pixel_size_mm=pixel_size_mm,
         tta_flip=tta_flip,
         rules=json.loads(rules_json),
         robust_biometry=robust,
+        quality_threshold=quality_threshold,
     )
-    return labels, biometry, time.perf_counter() - start
+    return measured, time.perf_counter() - start
+
+
+@st.cache_data(max_entries=16)
+def _threshold(ckpt_paths: tuple[str, ...]) -> float | None:
+    return checkpoint_threshold(ckpt_paths)
 
 
 def predict(
     restored: RestoredModel, inference: Inference, image: np.ndarray, pixel: PixelSize
-) -> tuple[np.ndarray, Biometry | None, float]:
+) -> tuple[Measured, float]:
+    """The prediction of one scan (``predict_biometry``; the flag threshold calibrated when
+    the checkpoints were evaluated) and the seconds it took, cached per scan and setting."""
     return _prediction(
         restored,
         inference.ckpt_paths,
@@ -103,6 +113,7 @@ def predict(
         inference.tta_flip,
         json.dumps(dict(inference.rules), sort_keys=True),
         inference.robust_biometry,
+        _threshold(inference.ckpt_paths),
     )
 
 

@@ -17,7 +17,12 @@ from scipy import ndimage
 from src.biometry import measure_head
 from src.data.cache import resize_mask
 from src.data.prepared import read_index, read_original
-from src.evaluation.evaluate import choose_postprocess, evaluate, resolve_postprocess
+from src.evaluation.evaluate import (
+    Prediction,
+    choose_postprocess,
+    evaluate,
+    resolve_postprocess,
+)
 from src.evaluation.surface import class_surface_distances, hd95_assd
 from src.inference.checkpoint import PAYLOAD_KEY, load_model
 from src.inference.postprocess import fill_holes, keep_largest_component, postprocess
@@ -268,7 +273,7 @@ def test_auto_postprocess_keeps_only_the_rules_that_raise_val_dice():
     pred[6, 6] = 0  # a hole in the brain: filling it helps
     pred[18, 1] = 1  # a stray brain pixel: removing it helps
     pred[14:17, 18] = 3  # a smaller second LV piece: keeping the largest drops it
-    decision = choose_postprocess([({}, truth, pred)], CLASS_NAMES)
+    decision = choose_postprocess([Prediction({}, truth, pred)], CLASS_NAMES)
     assert decision["rules"] == {
         "brain": ["keep_largest_component", "fill_holes"],
         "lv": ["keep_largest_component"],
@@ -276,7 +281,7 @@ def test_auto_postprocess_keeps_only_the_rules_that_raise_val_dice():
     means = decision["mean_dice_by_candidate"]
     assert means["brain"]["keep_largest_component+fill_holes"] == pytest.approx(1.0)
     assert "csp" not in decision["rules"]  # absent from both: nothing to gain
-    clean = choose_postprocess([({}, truth, truth)], CLASS_NAMES)
+    clean = choose_postprocess([Prediction({}, truth, truth)], CLASS_NAMES)
     assert clean["rules"] == {}  # nothing raises a perfect Dice: no rule
     with pytest.raises(KeyError, match="skull"):
         resolve_postprocess({"skull": ["fill_holes"]}, CLASS_NAMES, None)

@@ -63,8 +63,9 @@ panels = [("true outline", truth, measure_labels(truth, names, pixel))]
 for name, record in (("A", first), ("B", second)):
     inference = record.inference()
     restored = ui.model(inference)
-    labels, biometry, _ = ui.predict(restored, inference, image, pixel)
-    panels.append((f"{name}: mean Dice {row[f'dice_mean {name}']:.3f}", labels, biometry))
+    measured, _ = ui.predict(restored, inference, image, pixel)
+    caption = f"{name}: mean Dice {row[f'dice_mean {name}']:.3f}"
+    panels.append((caption, measured.labels, measured.biometry))
 for column, (caption, labels, biometry) in zip(st.columns(3), panels, strict=True):
     shown = ui.overlay(image, labels, names, biometry, pixel)
     column.image(shown, caption=caption, width="stretch")

@@ -102,7 +102,8 @@ with st.sidebar:
     hidden = [k for k, visible in shown.items() if not visible]
     quiz = st.toggle("Quiz: find the structures first", key="quiz")
 
-labels, biometry, seconds = ui.predict(model, inference, image, pixel)
+measured, seconds = ui.predict(model, inference, image, pixel)
+labels, biometry = measured.labels, measured.biometry
 reference = truth if truth is not None else labels
 guesses = st.session_state.setdefault(GUESSES, {}).setdefault(image_key, {})
 if quiz:
@@ -170,10 +171,12 @@ else:
         st.columns(3), (("HC", head.hc), ("BPD", head.bpd), ("OFD", head.ofd)), strict=True
     ):
         column.metric(name, f"{value:.1f} {head.units}")
-    if head.check:
+    st.caption(scan.quality_text(measured.quality_score, measured.flagged, head.units))
+    if measured.flagged:
         st.warning(
-            f"Check this fit: {head.unsupported_fraction:.0%} of the ellipse has no mask edge "
-            "near it (drawn in orange)."
+            "Redo this measurement by hand: the head circumference moves by "
+            f"{measured.quality_score:.1f} {head.units} between mirrored and zoomed-out views "
+            "of this scan, more than on 90% of the validation scans."
         )
 ui.show_table(scan.biometry_table(biometry, truth_biometry), 1)
 if truth is not None:

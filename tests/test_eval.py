@@ -181,3 +181,46 @@ def test_the_checkpoints_input_size_is_used_and_no_cache_is_built(
     assert list(cache_dir.rglob("64x64*")) == [] and list(cache_dir.rglob("cache")) == []
     assert at_64 == normal
     assert json.loads(at_64[0])["settings"]["model_input_size"] == [32, 48]
+
+
+def test_external_validation_scores_every_scan_of_another_copy(
+    tiny_trained_run, tmp_path, caplog
+):
+    """A checkpoint still in its run folder, evaluated on another record (more subjects, other
+    scans) with split=all: the run's split is not forced on it, every scan of the copy is
+    scored, and nothing is decided on the scored images (no summary.json beside this
+    checkpoint: no post-processing, no quality threshold, nothing flagged)."""
+    from tests.conftest import PHANTOM_SIZE, PHANTOM_SUBJECTS
+    from src.synthetic.record import write_phantom_record
+
+    other = write_phantom_record(
+        tmp_path / "other", n_subjects=PHANTOM_SUBJECTS + 2, size=PHANTOM_SIZE, seed=1
+    )
+    run = shutil.copytree(tiny_trained_run, tmp_path / "run")  # the fixture stays read-only
+    (checkpoint,) = (run / "checkpoints").glob("epoch_*.ckpt")
+    cache_dir, out_dir = tmp_path / "prepared", tmp_path / "external"
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "eval",
+            overrides=[
+                f"ckpt_path={checkpoint}",
+                f"data.root={other}",
+                "data.synthetic=null",
+                f"data.cache_dir={cache_dir}",
+                "data.num_workers=0",
+                "split=all",
+                f"out_dir={out_dir}",
+                f"paths.output_dir={out_dir}",
+            ],
+        )
+    with caplog.at_level("INFO"):
+        evaluate_checkpoint(cfg)
+    assert "is not the training run's data" in caplog.text
+    (index,) = cache_dir.glob("*/index.csv")
+    with index.open() as f:
+        ids = {row["image"] for row in csv.DictReader(f)}
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["num_images"] == len(ids) > 19  # more than the training record's 19
+    assert {row["id"] for row in summary["per_image"]} == ids
+    assert summary["postprocess"]["rules"] == {}
+    assert "decided_on" not in summary["postprocess"]

@@ -526,6 +526,8 @@ def evaluate_split(
     """``evaluate`` of the rows of ``splits`` (in that order) of a prepared dataset, by a
     network taking ``image_size`` inputs; ``postprocess="auto"`` decides on its val split, and
     the quality flag's threshold is calibrated there unless ``quality_threshold`` is given.
+    Nothing is decided on scored images: where ``splits`` include val, no validation rows are
+    passed (the caller gives the rules and threshold decided before, or goes without).
     The one way ``src.train``'s test after fitting and ``src.eval`` score a checkpoint."""
     rows = pd.concat([source.split_rows(split) for split in splits])
     return evaluate(
@@ -540,7 +542,7 @@ def evaluate_split(
         postprocess_setting=postprocess
         if isinstance(postprocess, str)
         else {name: list(rules) for name, rules in postprocess.items()},
-        validation_rows=source.split_rows("val"),
+        validation_rows=None if "val" in splits else source.split_rows("val"),
         strata_column=source.stratify_column,
         in_channels=source.in_channels,
         multilabel=multilabel,

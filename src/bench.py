@@ -474,6 +474,13 @@ SHARE_HEADER = (
 )
 
 
+def threading_env() -> str:
+    """The OpenMP settings in the environment, as a command-line prefix: they change the
+    figures (README, "CPU speed") and a rerun needs them."""
+    names = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    return "".join(f"{name}={os.environ[name]} " for name in names if name in os.environ)
+
+
 def share_rows(args: argparse.Namespace, out: Path | None = None) -> list[str]:
     """``--share N``: per setting and wait policy, one plain loop alone, then N at once; the
     slowdown is alone / each (2 processes on 2 cores would ideally be 2x)."""
@@ -596,7 +603,7 @@ def start_section(out: Path, args: argparse.Namespace, argv: Sequence[str]) -> N
     section = (
         f"\n## {stamp}: {device_name(device)}\n\n"
         f"- versions: {versions()}\n"
-        f"- command: `python -m src.bench {shlex.join(argv)}`\n"
+        f"- command: `{threading_env()}python -m src.bench {shlex.join(argv)}`\n"
         f"- settings: batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed "
         f"steps on 4 preloaded random batches, "
         + (

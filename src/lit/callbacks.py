@@ -7,7 +7,9 @@ import math
 import time
 from typing import Any
 
+import psutil
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -140,3 +142,81 @@ class TrainingLog(Callback):
             )
         parts.append(f"{self.epoch_seconds[-1]:.1f} s")
         return " | ".join(parts)
+
+
+class CpuThreads(Callback):
+    """torch's intra-op threads set to the CPU cores other processes leave free, re-checked
+    every ``every_n_steps`` training steps (None: once, at the start of fitting).
+
+    Why: torch's OpenMP threads spin while they wait for each other. Two processes each
+    running one thread per core on the same cores (a sweep run side by side, the viewer
+    beside a training) keep waiting on threads the other has descheduled: each ran 4.3x
+    slower instead of 2x (BENCHMARKS.md, ``src.bench --share``). With as many threads as
+    free cores, both settle at one thread each, with no slowdown beyond the shared cores;
+    when the other process ends, the threads come back. Lightning and torch have no such
+    setting. Other processes' load is the machine's busy CPU time minus this process
+    tree's (loader workers included) over the last interval. Only for CPU training; the
+    thread count changes float rounding, so a run that must repeat bit for bit under
+    changing load sets ``threads`` to a number.
+    """
+
+    def __init__(self, threads: int | str = "auto", every_n_steps: int | None = 50) -> None:
+        if threads != "auto" and not (isinstance(threads, int) and threads >= 1):
+            raise ValueError(f"callbacks.cpu_threads.threads: {threads!r} (expected auto or >= 1)")
+        self.threads = threads
+        self.every_n_steps = every_n_steps
+        self.cores = psutil.cpu_count(logical=True) or 1
+        self._active = False
+        self._last: tuple[float, float, float] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._active = trainer.strategy.root_device.type == "cpu"
+        if not self._active:
+            return
+        if self.threads != "auto":
+            self._set(int(self.threads))
+            return
+        self._last = self._sample()
+        time.sleep(0.5)  # a first interval to measure the others' load on
+        self._adjust()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        checks = self._active and self.threads == "auto" and self.every_n_steps
+        if checks and step > 0 and step % self.every_n_steps == 0:
+            self._adjust()
+
+    def _sample(self) -> tuple[float, float, float]:
+        """(wall clock, busy CPU seconds of the machine, CPU seconds of this process tree)."""
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        own = 0.0
+        me = psutil.Process()
+        for process in (me, *me.children(recursive=True)):
+            try:
+                times = process.cpu_times()
+            except psutil.Error:  # a worker that ended meanwhile
+                continue
+            own += times.user + times.system
+        return time.monotonic(), busy, own
+
+    def _adjust(self) -> None:
+        now = self._sample()
+        wall, busy, own = (b - a for a, b in zip(self._last, now, strict=True))
+        self._last = now
+        if wall <= 0:
+            return
+        # A process tree's counter restarts when a worker ends: never below zero.
+        others = max(0.0, (busy - max(own, 0.0)) / wall)
+        self._set(free_threads(self.cores, others))
+
+    def _set(self, threads: int) -> None:
+        if threads != torch.get_num_threads():
+            log.info("CPU threads: %d -> %d", torch.get_num_threads(), threads)
+            torch.set_num_threads(threads)
+
+
+def free_threads(cores: int, others_busy: float) -> int:
+    """Threads for the cores that processes other than ours keep busy ``others_busy`` of
+    (in cores, averaged): the rest, rounded, at least one."""
+    return max(1, min(cores, round(cores - others_busy)))

@@ -39,14 +39,14 @@ from src.biometry import (
     HeadMeasurement,
     PixelSize,
 )
-from src.data.classes import class_set_for
+from src.data.classes import class_set_for, head_class_set
 from src.data.images import FILE_CHANNELS
 from src.data.prepared import check_replaceable, replace_dir
 from src.data.readers.hc18 import PIXEL_SIZE, SUBMISSION_CSV, read_pixel_csv, write_submission
 from src.ellipse import ELLIPSE_FIELDS
 from src.inference.checkpoint import RestoredModel, load_ensemble
 from src.inference.images import list_inputs, read_image
-from src.inference.measure import head_class_set, predict_biometry
+from src.inference.measure import predict_biometry
 from src.inference.quality import checkpoint_threshold
 from src.inference.volume import predict_volume_layout
 from src.visualize import biometry_overlay

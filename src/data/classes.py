@@ -124,3 +124,9 @@ def class_set_for(names: Sequence[str]) -> ClassSet | None:
     """The registered class set with these names (in any case), or None."""
     wanted = tuple(name.casefold() for name in names)
     return next((known for known in CLASS_SETS.values() if known.names == wanted), None)
+
+
+def head_class_set(class_names: Sequence[str]) -> ClassSet | None:
+    """The registered class set of these names if it has a head to measure."""
+    class_set = class_set_for(class_names)
+    return class_set if class_set is not None and class_set.head_labels else None

@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from src.biometry import measure_class_set
-from src.data.classes import ClassSet, class_mask, class_set_for, from_bitmask
+from src.data.classes import (
+    ClassSet,
+    class_mask,
+    class_set_for,
+    from_bitmask,
+    head_class_set,
+)
 from src.data.context import context_ids, stack_channels
 from src.data.images import read_image
 from src.data.prepared import pixel_size_of, read_index, read_original
@@ -29,7 +35,6 @@ from src.evaluation.agreement import difference_stats
 from src.evaluation.surface import CASES, class_surface_distances
 from src.evaluation.uwmgi_metric import competition_score
 from src.evaluation.volumes import slice_counts, volume_sections
-from src.inference.measure import head_class_set
 from src.inference.postprocess import check_rules, postprocess
 from src.inference.predictor import labels_from_logits, predict_views, tta_views
 from src.inference.quality import (

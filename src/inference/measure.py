@@ -11,16 +11,10 @@ from typing import NamedTuple
 import numpy as np
 
 from src.biometry import Biometry, PixelSize, measure_class_set
-from src.data.classes import ClassSet, class_set_for
+from src.data.classes import head_class_set
 from src.inference.checkpoint import RestoredModel
 from src.inference.predictor import labels_from_logits, predict_views, tta_views
 from src.inference.quality import QUALITY_VIEWS, hc_spread, is_flagged
-
-
-def head_class_set(class_names: Sequence[str]) -> ClassSet | None:
-    """The registered class set of these names if it has a head to measure."""
-    class_set = class_set_for(class_names)
-    return class_set if class_set is not None and class_set.head_labels else None
 
 
 class Measured(NamedTuple):

@@ -1,6 +1,7 @@
 """Pool the per-image evaluations of cross-validation folds into one cross-validated figure.
 
     python experiments/hc18/pool_folds.py <folder with per_image.csv> [more folders] [--json OUT]
+        [--row LABEL]   (also print the study table's row: LABEL, folds, Dice, HC error, minutes)
 
 Each test image is in exactly one fold, so the folds' ``per_image.csv`` files together score
 every image once. They are aggregated with the evaluation's own ``summarize_rows`` (the same
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from src.evaluation.evaluate import summarize_rows  # noqa: E402
-from src.runs import per_image_path  # noqa: E402
+from src.runs import per_image_path, summary_path  # noqa: E402
 
 
 def pooled_rows(folders: list[Path]) -> list[dict]:
@@ -75,10 +76,35 @@ def quality_figures(rows: list[dict]) -> dict | None:
     }
 
 
+def training_minutes(folders: list[Path]) -> float | None:
+    """Mean training wall clock per fold, in minutes (epochs run x seconds per epoch, from
+    each folder's summary.json); None when a folder has no training record."""
+    minutes = []
+    for folder in folders:
+        path = summary_path(folder)
+        training = json.loads(path.read_text()).get("training") if path.is_file() else None
+        if not training:
+            return None
+        minutes.append(training["epochs_run"] * training["seconds_per_epoch"] / 60)
+    return float(np.mean(minutes))
+
+
+def table_row(label: str, figures: dict, minutes: float | None) -> str:
+    """``| label | folds | head Dice | HC mean | median | max | minutes |`` (markdown)."""
+    hc = figures["hc_vs_reference_mm"]
+    dice = figures["per_class"]["head"]["dice"]
+    time = "-" if minutes is None else f"{minutes:.1f}"
+    return (
+        f"| {label} | {figures['folds']} ({figures['images']} scans) | {dice:.4f} "
+        f"| {hc['mean_abs']:.2f} | {hc['median_abs']:.2f} | {hc['max_abs']:.1f} | {time} |"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--json", type=Path, help="also write the pooled figures here")
+    parser.add_argument("--row", metavar="LABEL", help="also print the study table's row")
     args = parser.parse_args(argv)
     rows = pooled_rows(args.folders)
     classes = ["background", *(c.removeprefix("dice_") for c in rows[0] if c.startswith("dice_"))]
@@ -103,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    if args.row:
+        print(table_row(args.row, figures, training_minutes(args.folders)))
     return figures
 
 

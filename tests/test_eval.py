@@ -4,8 +4,8 @@ gone; the records it writes and never overwrites."""
 from __future__ import annotations
 
 import csv
-import math
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -183,15 +183,13 @@ def test_the_checkpoints_input_size_is_used_and_no_cache_is_built(
     assert json.loads(at_64[0])["settings"]["model_input_size"] == [32, 48]
 
 
-def test_external_validation_scores_every_scan_of_another_copy(
-    tiny_trained_run, tmp_path, caplog
-):
+def test_external_validation_scores_every_scan_of_another_copy(tiny_trained_run, tmp_path, caplog):
     """A checkpoint still in its run folder, evaluated on another record (more subjects, other
     scans) with split=all: the run's split is not forced on it, every scan of the copy is
     scored, and nothing is decided on the scored images (no summary.json beside this
     checkpoint: no post-processing, no quality threshold, nothing flagged)."""
-    from tests.conftest import PHANTOM_SIZE, PHANTOM_SUBJECTS
     from src.synthetic.record import write_phantom_record
+    from tests.conftest import PHANTOM_SIZE, PHANTOM_SUBJECTS
 
     other = write_phantom_record(
         tmp_path / "other", n_subjects=PHANTOM_SUBJECTS + 2, size=PHANTOM_SIZE, seed=1

@@ -22,6 +22,7 @@ and moved in when complete, and an existing ``out_dir`` is replaced only with
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -42,7 +43,14 @@ from src.biometry import (
 from src.data.classes import class_set_for, head_class_set
 from src.data.images import FILE_CHANNELS
 from src.data.prepared import check_replaceable, replace_dir
-from src.data.readers.hc18 import PIXEL_SIZE, SUBMISSION_CSV, read_pixel_csv, write_submission
+from src.data.readers.hc18 import (
+    HEAD_CIRCUMFERENCE,
+    OUTLINE,
+    PIXEL_SIZE,
+    SUBMISSION_CSV,
+    read_pixel_csv,
+    write_submission,
+)
 from src.ellipse import ELLIPSE_FIELDS
 from src.inference.checkpoint import RestoredModel, load_ensemble
 from src.inference.images import list_inputs, read_image
@@ -118,6 +126,7 @@ def predict_files(
     *,
     pixel_size_mm: PixelSize = None,
     pixel_sizes: Mapping[str, float] | None = None,
+    reference_hc: Mapping[str, float] | None = None,
     tta_flip: bool = False,
     rules: Mapping[str, Sequence[str]] | None = None,
     robust_biometry: bool = False,
@@ -126,8 +135,9 @@ def predict_files(
 ) -> PredictionReport:
     """Predict every readable file into ``out_dir`` (built aside, moved in when complete).
     ``pixel_sizes``: mm per pixel by file name (instead of one ``pixel_size_mm`` for all; a
-    file it does not list is skipped). Raises ValueError naming every bad file when none
-    could be processed."""
+    file it does not list is skipped). ``reference_hc``: a reference head circumference (mm)
+    by file name, written beside the measured one with their difference. Raises ValueError
+    naming every bad file when none could be processed."""
     if pixel_sizes is not None and pixel_size_mm is not None:
         raise ValueError("give pixel_size_mm or a pixel-size CSV, not both")
     out_dir = Path(out_dir)
@@ -184,6 +194,7 @@ def predict_files(
                     "height": image.shape[0],
                     "units": "px" if size is None else "mm",
                     **values,
+                    **reference_columns(values.get("hc"), (reference_hc or {}).get(path.name)),
                 }
             )
         if not report.rows:
@@ -196,6 +207,15 @@ def predict_files(
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
     return report
+
+
+def reference_columns(hc: float | None, reference: float | None) -> dict:
+    """``hc_reference`` and ``hc_reference_diff`` (measured - reference, mm) of a scan whose
+    reference is known; nothing otherwise."""
+    if reference is None:
+        return {}
+    measured = math.nan if hc is None else hc
+    return {"hc_reference": reference, "hc_reference_diff": measured - reference}
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -251,16 +271,28 @@ def predict(
     # Before the slow part; checked again when the finished folder is moved in.
     check_replaceable(Path(out_dir), overwrite, [BIOMETRY_CSV], PREDICTION_KIND)
     files = list_inputs(input_path)
-    pixel_sizes = None
+    pixel_sizes = reference_hc = None
     if pixel_size_csv is not None:
-        listed = read_pixel_csv(Path(pixel_size_csv))
+        listed = read_pixel_csv(Path(pixel_size_csv), optional=(HEAD_CIRCUMFERENCE,))
         pixel_sizes = {name: values[PIXEL_SIZE] for name, values in listed.items()}
+        # A training CSV's sonographer HC: each scan's measurement is compared with it.
+        reference_hc = {
+            name: values[HEAD_CIRCUMFERENCE]
+            for name, values in listed.items()
+            if HEAD_CIRCUMFERENCE in values
+        } or None
+        # An HC18 training_set folder holds the sonographer's outlines beside the scans.
+        outlines = [f for f in files if f.name not in pixel_sizes and f.name.endswith(OUTLINE)]
+        if outlines:
+            log.info("%d HC18 annotation outline(s) (*%s) left out", len(outlines), OUTLINE)
+            files = [f for f in files if f not in outlines]
     report = predict_files(
         model,
         files,
         out_dir,
         pixel_size_mm=pixel_size_mm,
         pixel_sizes=pixel_sizes,
+        reference_hc=reference_hc,
         tta_flip=tta_flip,
         rules=rules,
         robust_biometry=robust_biometry,
@@ -277,6 +309,17 @@ def predict(
         len(report.skipped),
         checked,
     )
+    differences = [abs(r["hc_reference_diff"]) for r in report.rows if "hc_reference_diff" in r]
+    if differences:
+        measured = [d for d in differences if not math.isnan(d)]
+        log.info(
+            "|HC - CSV head circumference|: mean %.2f mm, max %.2f mm over %d scan(s); "
+            "%d without a head found",
+            float(np.mean(measured)) if measured else math.nan,
+            max(measured, default=math.nan),
+            len(measured),
+            len(differences) - len(measured),
+        )
     return report
 
 

@@ -44,6 +44,8 @@ READER_VERSION = 2
 FILLED_INSET_PX = 0.94
 TRAINING_CSV_SUFFIX = "pixel_size_and_HC.csv"
 FILENAME, PIXEL_SIZE, HEAD_CIRCUMFERENCE = "filename", "pixel size(mm)", "head circumference (mm)"
+# A scan NNN_HC.png's outline is NNN_HC_Annotation.png, beside it in training_set/.
+OUTLINE = "_Annotation.png"
 _HC18_NAME = re.compile(r"(\d+)_\d*HC(?:_|$)", re.IGNORECASE)
 # The challenge's result file: the head ellipse per image in mm and radians.
 SUBMISSION_CSV = "hc18_submission.csv"
@@ -63,10 +65,13 @@ def hc18_subject(stem: str) -> str | None:
 
 
 def read_pixel_csv(
-    path: Path, columns: tuple[str, ...] = (FILENAME, PIXEL_SIZE)
+    path: Path,
+    columns: tuple[str, ...] = (FILENAME, PIXEL_SIZE),
+    optional: tuple[str, ...] = (),
 ) -> dict[str, dict]:
-    """Rows of an HC18 CSV by file name, with ``columns`` as floats (besides ``filename``).
-    The training CSV has the head circumference too, the test set's only the pixel size."""
+    """Rows of an HC18 CSV by file name, with ``columns`` (and those of ``optional`` the CSV
+    has) as floats, besides ``filename``. The training CSV has the head circumference too,
+    the test set's only the pixel size."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -77,6 +82,7 @@ def read_pixel_csv(
     missing = [c for c in columns if c not in header]
     if missing:
         raise HC18LayoutError(f"{path}: expected columns {list(columns)}, found {header}")
+    columns = (*columns, *(c for c in optional if c in header))
     rows = {}
     for line, row in enumerate(reader, start=2):
         row = {key.strip(): (value or "").strip() for key, value in row.items() if key}
@@ -226,7 +232,7 @@ class HC18Reader:
     ) -> dict[str, Any] | None:
         stem = Path(filename).stem
         image_path = part / "training_set" / filename
-        annotation_path = part / "training_set" / f"{stem}_Annotation.png"
+        annotation_path = part / "training_set" / f"{stem}{OUTLINE}"
 
         def skip(path: Path, reason: str) -> None:
             log.warning("skipped %s: %s", path, reason)

@@ -272,3 +272,23 @@ def test_fold_models_are_ensembled_and_mismatched_ones_refused(hc18_run, tiny_tr
     fetal_head = tiny_trained_run / "checkpoints" / "epoch_000.ckpt"
     with pytest.raises(ValueError, match="cannot be ensembled"):
         load_ensemble([checkpoint, fetal_head])
+
+
+def test_predict_on_a_training_set_folder_compares_with_the_csv_hc(hc18_run, tmp_path):
+    """External validation by prediction: the outlines beside the scans are left out (not
+    skipped as errors), every listed scan is measured and set beside the CSV's HC."""
+    report = predict(
+        hc18_run / "checkpoints" / "epoch_000.ckpt",
+        HC18 / "training_set",
+        tmp_path / "out",
+        pixel_size_csv=HC18 / CSV_NAME,
+    )
+    listed = csv_rows()
+    assert sorted(Path(row["image"]).name for row in report.rows) == sorted(listed)
+    assert report.skipped == {}
+    table = pd.read_csv(tmp_path / "out" / "biometry.csv")
+    for _, row in table.iterrows():
+        reference = float(listed[Path(row["image"]).name]["head circumference (mm)"])
+        assert row["hc_reference"] == pytest.approx(reference)
+        if row["head_found"]:
+            assert row["hc_reference_diff"] == pytest.approx(row["hc"] - reference)

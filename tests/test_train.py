@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
+from src.inference.checkpoint import load_model
 from src.lit.segmentation import SegmentationModule
 from src.models.speed import split_speed_options
 from src.train import train
@@ -37,6 +38,7 @@ EXPERIMENTS = sorted(
 EXPERIMENT_DATA = {
     "hc18_unet": [f"data.root={ROOT / 'tests' / 'fixtures' / 'hc18'}", "data.n_folds=3"],
     "hc18_unet_cpu": [f"data.root={ROOT / 'tests' / 'fixtures' / 'hc18'}", "data.n_folds=3"],
+    "hc18_cpu": [f"data.root={ROOT / 'tests' / 'fixtures' / 'hc18'}", "data.n_folds=3"],
     # The session phantom has 2 Diverse subjects: add a plane to fill 3 folds.
     "hc18_unet_diverse": ["data.select.plane=[Diverse,Trans-thalamic]", "data.n_folds=3"],
 }
@@ -139,6 +141,23 @@ def test_resume_continues_at_the_next_epoch(data_overrides, tmp_path):
     assert json.loads((second / "splits.json").read_text()) == json.loads(
         (first / "splits.json").read_text()
     )
+
+
+def test_ema_checkpoints_hold_the_averaged_weights(data_overrides, tmp_path):
+    """callbacks=ema: the same seed and steps as a plain run, but the checkpoint (and what
+    validation scored) is the moving average, which src.eval loads as any network."""
+    plain = tmp_path / "plain"
+    train(short_run(data_overrides, plain, "test=false"))
+    train(short_run(data_overrides, tmp_path / "ema", "test=false", "callbacks=ema"))
+
+    def weights(run: Path) -> dict[str, torch.Tensor]:
+        return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+    averaged, trained = weights(tmp_path / "ema"), weights(plain)
+    assert averaged.keys() == trained.keys()
+    assert any(not torch.equal(averaged[k], trained[k]) for k in trained)
+    (best,) = (tmp_path / "ema" / "checkpoints").glob("epoch_*.ckpt")
+    assert load_model(best).net is not None
 
 
 def test_same_seed_gives_the_same_numbers(data_overrides, tmp_path):

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Screen HC18 recipe ideas on one fold, one training at a time (two at once on 2 cores fight
-# over them: README, "CPU speed"): each variant is hc18_unet_cpu in bf16 + channels-last
-# (hc18_cpu's speed settings) with one change, trained, then tested on its held-out fold at
-# the original size. Then pool each: python experiments/hc18/pool_folds.py <dir>/checkpoints
+# over them: README, "CPU speed"): each variant is hc18_cpu (hc18_unet_cpu in bf16 +
+# channels-last) with one change, trained, then tested on its held-out fold at the original
+# size. (The study's screen ran as hc18_unet_cpu trainer.precision=bf16-mixed
+# model.channels_last=true, the same settings without the CpuThreads callback.) Then pool each: python experiments/hc18/pool_folds.py <dir>/checkpoints
 #   experiments/hc18/screen.sh FOLD [VARIANT ...]   (default: every variant below)
 # A variant whose folder exists is skipped (nothing is retrained or overwritten).
 set -euo pipefail
@@ -27,7 +28,7 @@ for name in "${names[@]}"; do
   out=multirun/hc18_screen/${name}_f${fold}
   if [ -e "$out" ]; then echo "exists, skipped: $out"; continue; fi
   # shellcheck disable=SC2086
-  python -m src.train +experiment=hc18_unet_cpu data.root="${DATA_ROOT:-../shared/data}" \
-    data.fold="$fold" trainer.precision=bf16-mixed model.channels_last=true logger=csv \
+  python -m src.train +experiment=hc18_cpu data.root="${DATA_ROOT:-../shared/data}" \
+    data.fold="$fold" logger=csv \
     ${VARIANTS[$name]} hydra.run.dir="$out"
 done

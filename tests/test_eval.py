@@ -189,10 +189,12 @@ def test_external_validation_scores_every_scan_of_another_copy(tiny_trained_run,
     scored, and nothing is decided on the scored images (no summary.json beside this
     checkpoint: no post-processing, no quality threshold, nothing flagged)."""
     from src.synthetic.record import write_phantom_record
-    from tests.conftest import PHANTOM_SIZE, PHANTOM_SUBJECTS
 
     other = write_phantom_record(
-        tmp_path / "other", n_subjects=PHANTOM_SUBJECTS + 2, size=PHANTOM_SIZE, seed=1
+        tmp_path / "other",
+        n_subjects=10,
+        size=(96, 66),
+        seed=1,  # conftest's phantom: 8 subjects
     )
     run = shutil.copytree(tiny_trained_run, tmp_path / "run")  # the fixture stays read-only
     (checkpoint,) = (run / "checkpoints").glob("epoch_*.ckpt")

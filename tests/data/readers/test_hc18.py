@@ -277,14 +277,20 @@ def test_fold_models_are_ensembled_and_mismatched_ones_refused(hc18_run, tiny_tr
 def test_predict_on_a_training_set_folder_compares_with_the_csv_hc(hc18_run, tmp_path):
     """External validation by prediction: the outlines beside the scans are left out (not
     skipped as errors), every listed scan is measured and set beside the CSV's HC."""
+    folder = tmp_path / "training_set"  # three scans and their outlines, as in HC18's folder
+    folder.mkdir()
+    scans = sorted(HC18.glob("training_set/*_HC.png"))[:3]
+    for scan in scans:
+        shutil.copy(scan, folder / scan.name)
+        shutil.copy(scan.with_name(scan.stem + "_Annotation.png"), folder)
     report = predict(
         hc18_run / "checkpoints" / "epoch_000.ckpt",
-        HC18 / "training_set",
+        folder,
         tmp_path / "out",
         pixel_size_csv=HC18 / CSV_NAME,
     )
     listed = csv_rows()
-    assert sorted(Path(row["image"]).name for row in report.rows) == sorted(listed)
+    assert sorted(Path(row["image"]).name for row in report.rows) == [s.name for s in scans]
     assert report.skipped == {}
     table = pd.read_csv(tmp_path / "out" / "biometry.csv")
     for _, row in table.iterrows():

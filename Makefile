@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint train bench bench-data clean viewer viewer-check chromium
+.PHONY: install test test-all test-slurm slurm-up slurm-down lint train bench bench-data clean viewer viewer-check chromium
 
 install: $(STAMP)
 
@@ -22,6 +22,18 @@ test: install
 
 test-all: install chromium
 	$(BIN)/pytest -m ''
+
+# hydra/launcher=slurm on a real one-node cluster: the tests bring it up (installing Debian's
+# slurm-wlm, slurmdbd, munge and mariadb-server the first time: root or sudo) and down again.
+test-slurm: install
+	$(BIN)/pytest -m slurm
+
+# A one-node SLURM cluster on this machine, to try hydra/launcher=slurm (README, "Run on a cluster").
+slurm-up:
+	tools/slurm/up.sh
+
+slurm-down:
+	tools/slurm/down.sh
 
 lint: install
 	$(BIN)/ruff check src tests experiments

@@ -216,11 +216,17 @@ def resolve_run_checkpoint(path: str | Path) -> Path:
 # --- failed jobs ----------------------------------------------------------------------------
 
 
-def write_failed_marker(job_dir: Path, error: Exception, overrides: str) -> Path:
-    """Mark a job of a sweep as failed, with its overrides and the error."""
+def write_failed_marker(
+    job_dir: Path, error: Exception, overrides: str, log_file: Path | None = None
+) -> Path:
+    """Mark a job of a sweep as failed, with its overrides, the error and where its log is
+    (a cluster's log, for a job that the cluster ended)."""
     job_dir.mkdir(parents=True, exist_ok=True)
     path = failed_marker_path(job_dir)
-    path.write_text(f"overrides: {overrides}\nerror: {type(error).__name__}: {error}\n")
+    text = f"overrides: {overrides}\nerror: {type(error).__name__}: {error}\n"
+    if log_file is not None:
+        text += f"log: {log_file}\n"
+    path.write_text(text)
     return path
 
 

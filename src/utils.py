@@ -72,6 +72,13 @@ def run_tags(tags: list[str]) -> list[str]:
 # For the logger configs: `group: ${sweep_group:}`, `tags: ${run_tags:${tags}}`.
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("run_tags", lambda tags: run_tags(list(tags)), replace=True)
+# For hydra/launcher=slurm: GPUs per node follow the trainer, none for a CPU trainer (SLURM
+# refuses a GPU request on a node without GPUs).
+OmegaConf.register_new_resolver(
+    "slurm_gpus",
+    lambda accelerator, devices: int(devices) if accelerator in ("gpu", "cuda") else None,
+    replace=True,
+)
 # For 2.5D data configs: `in_channels: ${context_channels:${.context_slices}}` = 2k + 1 grey
 # slices (src.data.context), or times the files' channels given as a second argument.
 OmegaConf.register_new_resolver(

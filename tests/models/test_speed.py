@@ -71,10 +71,18 @@ def test_slurm_launcher_asks_for_one_task_per_device_on_each_node():
         hydra_config=True,
     )
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["_target_"] == "hydra_plugins.sonoseg.slurm_launcher.SlurmLauncher"
     assert (launcher["tasks_per_node"], launcher["nodes"], launcher["gpus_per_node"]) == (4, 2, 4)
     assert launcher["partition"] == "gpu"
     assert launcher["submitit_folder"].endswith("/.submitit/%j")
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu", "ddp_sim"])
+def test_slurm_launcher_asks_for_no_gpu_with_a_cpu_trainer(trainer):
+    cfg = _compose("hydra/launcher=slurm", f"trainer={trainer}", hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["gpus_per_node"] is None
+    assert launcher["tasks_per_node"] == cfg.trainer.devices
 
 
 # --- channels_last and compile --------------------------------------------------------------

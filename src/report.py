@@ -37,7 +37,7 @@ import math
 import sys
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -46,6 +46,7 @@ import pandas as pd
 from scipy.stats import wilcoxon
 
 from src.runs import CHECKPOINTS_DIR, NOT_A_SETTING, SUMMARY_JSON, Job, Setting, find_jobs
+from src.studies import study_trials
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -81,6 +82,8 @@ class Report:
     table: pd.DataFrame  # one row per setting (its label): <metric>_mean, _std, _n
     comparisons: list[Comparison]
     against_best_only: bool  # compared with the best setting only, not all pairs
+    # The trials of the Optuna study each source recorded (src.studies), if any.
+    studies: dict[Path, pd.DataFrame] = field(default_factory=dict)
 
 
 # Head circumference, mm: |pred - ellipse of the true mask| and |pred - the sonographer's
@@ -157,8 +160,9 @@ def build_report(dirs: Sequence[Path]) -> Report:
     table.insert(0, "n_folds", per_fold.groupby("setting", sort=False)["fold"].count())
 
     comparisons, against_best_only = paired_comparisons(per_fold, table)
+    studies = {Path(d): t for d in dirs if (t := study_trials(Path(d))) is not None}
     return Report(
-        list(dirs), jobs, classes, common, per_fold, table, comparisons, against_best_only
+        list(dirs), jobs, classes, common, per_fold, table, comparisons, against_best_only, studies
     )
 
 
@@ -316,7 +320,26 @@ def render_markdown(report: Report, png_name: str) -> str:
         lines.append(_markdown_table(["status", "job", "fold", "overrides", "note"], job_rows))
     else:
         lines.append("None.")
+    lines += _study_section(report)
     return "\n".join(lines) + "\n"
+
+
+def _study_section(report: Report) -> list[str]:
+    lines = []
+    for source, trials in report.studies.items():
+        header = list(trials.columns)
+        rows = [["" if pd.isna(v) else str(v) for v in row] for row in trials.values.tolist()]
+        lines += [
+            "",
+            "## Optuna study",
+            "",
+            f"`{source}`: study {trials.attrs['study']}, {len(trials)} trials, "
+            f"{(trials['state'] == 'COMPLETE').sum()} complete (its state when this report "
+            "was written; other processes may still be adding trials).",
+            "",
+            _markdown_table(header, rows),
+        ]
+    return lines
 
 
 def _comparison_section(report: Report) -> list[str]:

@@ -42,7 +42,8 @@ from src.data.readers.hc18 import HC18Reader  # noqa: E402
 from src.evaluation.evaluate import dice_per_image  # noqa: E402
 from src.inference.checkpoint import load_model  # noqa: E402
 from src.inference.postprocess import postprocess  # noqa: E402
-from src.inference.predictor import View, predict_views  # noqa: E402
+from src.inference.predictor import predict_views  # noqa: E402
+from src.inference.views import View  # noqa: E402
 from src.runs import run_summary_path, splits_path  # noqa: E402
 
 VIEWS = (

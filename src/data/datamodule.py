@@ -31,7 +31,7 @@ from src.data.cache import ImageFilter, build_cache, cache_dir_for, open_cache
 from src.data.classes import from_bitmask
 from src.data.context import context_ids, stack_channels
 from src.data.gpu_augment import DevicePath, GpuAugment
-from src.data.images import image_tensor
+from src.data.images import image_array
 from src.data.prepared import Reader, build_dir_atomically, locked, read_index, why_outdated
 from src.data.splits import (
     SPLIT_NAMES,
@@ -63,7 +63,7 @@ def to_sample(
         target = torch.from_numpy(from_bitmask(mask, multilabel_classes)).float()
     else:
         target = torch.from_numpy(mask.astype(np.int64))
-    return {"image": image_tensor(image), "mask": target, "id": image_id}
+    return {"image": torch.from_numpy(image_array(image)), "mask": target, "id": image_id}
 
 
 class CachedSegmentationDataset(Dataset):

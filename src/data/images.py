@@ -12,7 +12,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 # Channel counts an image file can hold. More channels (2.5D stacks of neighbouring slices)
 # are stacked from single-channel files after decoding, not read from one file.
@@ -47,15 +46,15 @@ def read_image(path: Path, in_channels: int = 1) -> np.ndarray:
     return decode_image(data, str(path), in_channels)
 
 
-def image_tensor(image: np.ndarray) -> torch.Tensor:
+def image_array(image: np.ndarray) -> np.ndarray:
     """A uint8 (H, W) or (H, W, C) image as the network's input: float32 in [0, 1], (1, H, W)
-    or (C, H, W). The one scaling of training batches and of inference."""
+    or (C, H, W). The one scaling of training batches and of inference (torch or ONNX)."""
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(
             f"expected a uint8 (H, W) or (H, W, C) image, got {image.dtype} {image.shape}"
         )
     channels_first = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(channels_first)).float().div_(255.0)
+    return channels_first.astype(np.float32) / np.float32(255.0)
 
 
 def write_image(path: Path, image: np.ndarray) -> None:

@@ -36,7 +36,8 @@ from src.evaluation.surface import CASES, class_surface_distances
 from src.evaluation.uwmgi_metric import competition_score
 from src.evaluation.volumes import slice_counts, volume_sections
 from src.inference.postprocess import check_rules, postprocess
-from src.inference.predictor import labels_from_logits, predict_views, tta_views
+from src.inference.predictor import predict_views
+from src.inference.views import labels_from_logits, tta_views
 from src.inference.quality import (
     FLAG_SHARE,
     QUALITY_VIEWS,
@@ -100,7 +101,7 @@ def predict_rows(
                     for name in channels_of[row["image"]]
                 ]
             )
-        logits = predict_views(net, image, image_size, views)
+        logits = predict_views(net, image, image_size, views).numpy()
         labels = labels_from_logits(logits[: len(prediction_views)].mean(0), multilabel=multilabel)
         view_labels = [labels_from_logits(v) for v in logits] if quality else None
         predicted.append(Prediction(row, truth, labels, view_labels))

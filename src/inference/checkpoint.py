@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from torch import nn
 
+from src.inference.predictor import predict_views
 from src.inference.prestage import DenoisedSegmenter, as_prestage
+from src.inference.views import View
 from src.runs import resolve_run_checkpoint
 
 PAYLOAD_KEY = "sonoseg"
@@ -101,6 +104,10 @@ class RestoredModel:
     checkpoint_path: Path
     multilabel: bool = False
     context: dict | None = None  # 2.5D: context_slices, volume_column, slice_column
+
+    def view_logits(self, image: np.ndarray, views: Sequence[View]) -> np.ndarray:
+        """float32 logits (V, K, H, W) of the views of a uint8 image, at its original size."""
+        return predict_views(self.net, image, self.image_size, views).numpy()
 
 
 def _read_checkpoint(path: Path, map_location, key: str, keys: Sequence[str], writer: str):

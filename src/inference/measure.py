@@ -1,20 +1,34 @@
-"""One image in, its label map and biometry out: the network at the original size
-(``predictor``) followed by the head measurement of the class set, where it has a head, and
-the measurement's quality score (``quality``)."""
+"""One image in, its label map and biometry out: the network at the original size (a torch
+checkpoint's ``RestoredModel`` or an exported ONNX package, ``package``) followed by the head
+measurement of the class set, where it has a head, and the measurement's quality score
+(``quality``). No torch here: a deployment measures with the ONNX package alone."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from src.biometry import Biometry, PixelSize, measure_class_set
 from src.data.classes import head_class_set
-from src.inference.checkpoint import RestoredModel
-from src.inference.predictor import labels_from_logits, predict_views, tta_views
 from src.inference.quality import QUALITY_VIEWS, hc_spread, is_flagged
+from src.inference.views import View, labels_from_logits, tta_views
+
+
+class Segmenter(Protocol):
+    """What predicting and measuring need of a model: its classes, input size and channels,
+    where it came from, and its logits of an image's views at the image's original size,
+    float32 (V, K, H, W) (a checkpoint's ``RestoredModel``, a package's ``OnnxModel``)."""
+
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    in_channels: int
+    checkpoint_path: Path
+
+    def view_logits(self, image: np.ndarray, views: Sequence[View]) -> np.ndarray: ...
 
 
 class Measured(NamedTuple):
@@ -29,7 +43,7 @@ class Measured(NamedTuple):
 
 
 def predict_biometry(
-    model: RestoredModel,
+    model: Segmenter,
     image: np.ndarray,
     *,
     pixel_size_mm: PixelSize = None,
@@ -45,7 +59,7 @@ def predict_biometry(
     measure = head_class_set(model.class_names) is not None
     prediction_views = tta_views(tta_flip)
     views = QUALITY_VIEWS if measure else prediction_views
-    logits = predict_views(model.net, image, model.image_size, views)
+    logits = model.view_logits(image, views)
     labels = labels_from_logits(
         logits[: len(prediction_views)].mean(0), rules=rules, class_names=model.class_names
     )

@@ -21,7 +21,7 @@ import numpy as np
 from src.biometry import PixelSize, measure_class_set
 from src.data.classes import class_set_for
 from src.inference.postprocess import postprocess
-from src.inference.predictor import View
+from src.inference.views import View
 from src.runs import read_summary, summary_path
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all test-slurm slurm-up slurm-down lint train bench bench-data clean viewer viewer-check chromium
+DEPLOY_VENV := .venv-deploy
+
+.PHONY: deploy-venv install test test-all test-slurm slurm-up slurm-down lint train bench bench-data clean viewer viewer-check chromium
 
 install: $(STAMP)
 
@@ -12,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[dev,viewer]'
+	$(BIN)/pip install -e '.[dev,viewer,export]'
 	touch $(STAMP)
 
 # The layer contracts first (seconds): a broken layer fails the run before the suite starts.
@@ -66,6 +68,16 @@ viewer-check: install chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 chromium:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+# A torch-free environment for exported packages (python -m src.export): the project without
+# its dependencies, then the `deploy` group alone, read from the project's own metadata.
+deploy-venv:
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --no-deps -e .
+	$(DEPLOY_VENV)/bin/python -c "from importlib.metadata import requires; \
+	print('\n'.join(r.split(';')[0] for r in requires('sonoseg') if 'extra == \"deploy\"' in r))" \
+	  > $(DEPLOY_VENV)/deploy-requirements.txt
+	$(DEPLOY_VENV)/bin/pip install -r $(DEPLOY_VENV)/deploy-requirements.txt
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -1,7 +1,7 @@
 """Predict label masks, overlays and head biometry for image files (no labels needed).
 
-    python -m src.predict ckpt_path=<file.ckpt or [a.ckpt,b.ckpt]> input=<image|folder>
-        out_dir=<folder>
+    python -m src.predict ckpt_path=<file.ckpt, [a.ckpt,b.ckpt] or a package folder>
+        input=<image|folder> out_dir=<folder>
         [pixel_size_mm=0.15 | pixel_size_csv=<HC18 CSV>] [overwrite=true] [tta_flip=true]
 
 Writes ``out_dir/masks/<name>.png`` (uint8 label ids at the image's original size),
@@ -52,11 +52,9 @@ from src.data.readers.hc18 import (
     write_submission,
 )
 from src.ellipse import ELLIPSE_FIELDS
-from src.inference.checkpoint import RestoredModel, load_ensemble
 from src.inference.images import list_inputs, read_image
-from src.inference.measure import predict_biometry
-from src.inference.quality import checkpoint_threshold
-from src.inference.volume import predict_volume_layout
+from src.inference.measure import Segmenter, predict_biometry
+from src.inference.package import is_package, load_segmenter, recorded_threshold
 from src.visualize import biometry_overlay
 
 log = logging.getLogger(__name__)
@@ -84,7 +82,7 @@ class PredictionReport:
 
 
 def predict_image(
-    model: RestoredModel,
+    model: Segmenter,
     image: np.ndarray,
     *,
     pixel_size_mm: PixelSize = None,
@@ -120,7 +118,7 @@ def predict_image(
 
 
 def predict_files(
-    model: RestoredModel,
+    model: Segmenter,
     files: Sequence[Path],
     out_dir: str | Path,
     *,
@@ -209,6 +207,15 @@ def predict_files(
     return report
 
 
+def _load(ckpt_path, device: str) -> tuple[Segmenter, float | None]:
+    """The model (a package folder: torch is never imported; or checkpoints) and the quality
+    flag's threshold, for a class set with a head."""
+    paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    model = load_segmenter(paths, map_location=device)
+    measured = head_class_set(model.class_names) is not None
+    return model, recorded_threshold(model, paths) if measured else None
+
+
 def reference_columns(hc: float | None, reference: float | None) -> dict:
     """``hc_reference`` and ``hc_reference_diff`` (measured - reference, mm) of a scan whose
     reference is known; nothing otherwise."""
@@ -250,20 +257,32 @@ def predict(
     pixel_size_mm: PixelSize = None,
     pixel_size_csv: str | Path | None = None,
     overwrite: bool = False,
-    tta_flip: bool = False,
+    tta_flip: bool | None = None,
     rules: Mapping[str, Sequence[str]] | None = None,
     robust_biometry: bool = False,
     device: str = "cpu",
 ) -> PredictionReport:
     """Load the checkpoint (or several, averaged as an ``Ensemble``: e.g. the models of a
-    cross-validation's folds) and predict one image or a folder (see the module docstring).
+    cross-validation's folds), or an exported package folder (``src.export``: no PyTorch
+    needed), and predict one image or a folder (see the module docstring). ``tta_flip`` and
+    ``rules`` None: the package's recorded settings (a checkpoint: no flip, no rules).
     A UW-Madison GI model (its class set's ``competition_metric``) takes a raw scan layout
     instead and writes masks and the competition's submission CSV
     (``src.inference.volume``)."""
-    paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
-    model = load_ensemble(paths, map_location=device)
+    model, quality_threshold = _load(ckpt_path, device)
+    if tta_flip is None:
+        tta_flip = getattr(model, "tta_flip", False)
+    if rules is None:
+        rules = getattr(model, "postprocess", None)
     class_set = class_set_for(model.class_names)
     if class_set is not None and class_set.competition_metric == "uwmgi":
+        if is_package(model.checkpoint_path):
+            raise ValueError(
+                f"{model.checkpoint_path}: a UW-Madison scan layout is predicted from the "
+                "checkpoint (.ckpt), not from an exported package"
+            )
+        from src.inference.volume import predict_volume_layout  # torch
+
         rows = predict_volume_layout(
             model, input_path, out_dir, overwrite=overwrite, tta_flip=tta_flip
         )
@@ -297,9 +316,7 @@ def predict(
         rules=rules,
         robust_biometry=robust_biometry,
         overwrite=overwrite,
-        quality_threshold=checkpoint_threshold(paths)
-        if head_class_set(model.class_names)
-        else None,
+        quality_threshold=quality_threshold,
     )
     checked = sum(row.get("flagged") is True for row in report.rows)
     log.info(

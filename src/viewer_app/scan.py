@@ -18,7 +18,7 @@ import pandas as pd
 from src.biometry import Biometry
 from src.data.classes import RGB
 from src.evaluation.evaluate import dice_per_image
-from src.inference.checkpoint import RestoredModel
+from src.inference.measure import Segmenter
 from src.inference.images import decode_image
 
 MIN_SCAN_SIDE = 32  # px; smaller uploads are thumbnails or icons, not scans
@@ -31,7 +31,7 @@ MIN_GREY_LEVELS = 8  # fewer distinct grey levels: a label mask or a drawing, no
 QUIZ_CELLS = 64  # click targets along the longer side of the quiz image
 
 
-def model_problem(model: RestoredModel) -> str | None:
+def model_problem(model: Segmenter) -> str | None:
     """Why this checkpoint cannot segment the viewer's scans, or None."""
     if model.in_channels != 1:
         return (
@@ -41,7 +41,7 @@ def model_problem(model: RestoredModel) -> str | None:
     return None
 
 
-def data_mismatch(model: RestoredModel, data_class_names: Sequence[str] | None) -> str | None:
+def data_mismatch(model: Segmenter, data_class_names: Sequence[str] | None) -> str | None:
     """Why the dataset's label masks cannot be compared with this model's output, or None."""
     if data_class_names is None or tuple(data_class_names) == model.class_names:
         return None

@@ -23,9 +23,8 @@ from src.biometry import Biometry, PixelSize
 from src.data.classes import RGB
 from src.data.prepared import read_index
 from src.evaluation.agreement import write_bland_altman_plots
-from src.inference.checkpoint import RestoredModel, load_ensemble
-from src.inference.measure import Measured, predict_biometry
-from src.inference.quality import checkpoint_threshold
+from src.inference.measure import Measured, Segmenter, predict_biometry
+from src.inference.package import load_segmenter, recorded_threshold
 from src.viewer_app.run_records import RunRecord, load_run
 from src.viewer_app.scan import click_grid, model_problem, without_classes
 from src.viewer_app.settings import SETTINGS_ENV, Inference, ViewerSettings
@@ -50,18 +49,19 @@ def settings() -> ViewerSettings:
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=4)
-def _restored(paths: tuple[str, ...], stamps: tuple[float, ...]) -> RestoredModel:
-    """Loaded once per process and checkpoint version (``stamps``: the files' mtimes)."""
-    return load_ensemble(list(paths), map_location="cpu")
+def _restored(paths: tuple[str, ...], stamps: tuple[float, ...]) -> Segmenter:
+    """Loaded once per process and checkpoint version (``stamps``: the files' mtimes): the
+    checkpoint(s), or an exported package folder (``src.export``, run by onnxruntime)."""
+    return load_segmenter(list(paths), map_location="cpu")
 
 
-def model(inference: Inference) -> RestoredModel:
+def model(inference: Inference) -> Segmenter:
     """The checkpoint(s) of ``inference``; a message in the page when missing or unusable."""
     paths = inference.ckpt_paths
-    stamps = tuple(Path(p).stat().st_mtime if Path(p).is_file() else 0.0 for p in paths)
+    stamps = tuple(Path(p).stat().st_mtime if Path(p).exists() else 0.0 for p in paths)
     try:
         restored = _restored(paths, stamps)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, ImportError) as error:
         stop(f"Cannot use the checkpoint: {error}")
     problem = model_problem(restored)
     if problem is not None:
@@ -71,7 +71,7 @@ def model(inference: Inference) -> RestoredModel:
 
 @st.cache_data(show_spinner="Predicting ...", max_entries=64)
 def _prediction(
-    _model: RestoredModel,
+    _model: Segmenter,
     model_key: tuple[str, ...],
     image: np.ndarray,
     pixel_size_mm: PixelSize,
@@ -96,12 +96,12 @@ def _prediction(
 
 
 @st.cache_data(max_entries=16)
-def _threshold(ckpt_paths: tuple[str, ...]) -> float | None:
-    return checkpoint_threshold(ckpt_paths)
+def _threshold(_model: Segmenter, ckpt_paths: tuple[str, ...]) -> float | None:
+    return recorded_threshold(_model, ckpt_paths)
 
 
 def predict(
-    restored: RestoredModel, inference: Inference, image: np.ndarray, pixel: PixelSize
+    restored: Segmenter, inference: Inference, image: np.ndarray, pixel: PixelSize
 ) -> tuple[Measured, float]:
     """The prediction of one scan (``predict_biometry``; the flag threshold calibrated when
     the checkpoints were evaluated) and the seconds it took, cached per scan and setting."""
@@ -113,7 +113,7 @@ def predict(
         inference.tta_flip,
         json.dumps(dict(inference.rules), sort_keys=True),
         inference.robust_biometry,
-        _threshold(inference.ckpt_paths),
+        _threshold(restored, inference.ckpt_paths),
     )
 
 

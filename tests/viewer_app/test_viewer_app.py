@@ -25,6 +25,7 @@ from src.data.classes import FETAL_HEAD
 from src.data.prepared import read_index, read_original
 from src.ellipse import ramanujan_circumference
 from src.eval import evaluate_checkpoint
+from src.export import export
 from src.inference.checkpoint import checkpoint_payload
 from src.viewer import viewer_settings
 from src.viewer_app import timing
@@ -175,6 +176,20 @@ def test_an_uploaded_scan_is_measured_in_mm_with_a_typed_pixel_size(monkeypatch,
     hc = float(at.metric[0].value.removesuffix(" mm"))
     assert hc == pytest.approx(expected, rel=0.03)
     assert len(at.image) == 1  # no label: no true outline
+
+
+def test_an_exported_package_measures_an_uploaded_scan(monkeypatch, bright_ckpt, tmp_path):
+    package = tmp_path / "package"
+    export(bright_ckpt, package, postprocess=None)
+    at = _app(monkeypatch, ViewerSettings(model=Inference((str(package),))).to_json()).run()
+    _no_traceback(at)
+    at.file_uploader[0].upload("scan.png", _scan_png(), "image/png")
+    at.run()
+    _no_traceback(at)
+    at.number_input[0].set_value(0.5)
+    at.run()
+    hc = float(at.metric[0].value.removesuffix(" mm"))
+    assert hc == pytest.approx(ramanujan_circumference(*AXES) * 0.5, rel=0.03)
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,6 @@ from src.evaluation.uwmgi_metric import competition_score
 from src.evaluation.volumes import slice_counts, volume_sections
 from src.inference.postprocess import check_rules, postprocess
 from src.inference.predictor import predict_views
-from src.inference.views import labels_from_logits, tta_views
 from src.inference.quality import (
     FLAG_SHARE,
     QUALITY_VIEWS,
@@ -45,6 +44,7 @@ from src.inference.quality import (
     hc_spread,
     is_flagged,
 )
+from src.inference.views import labels_from_logits, tta_views
 from src.metrics import per_image_scores, summarize
 
 log = logging.getLogger(__name__)

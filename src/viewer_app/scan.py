@@ -18,8 +18,8 @@ import pandas as pd
 from src.biometry import Biometry
 from src.data.classes import RGB
 from src.evaluation.evaluate import dice_per_image
-from src.inference.measure import Segmenter
 from src.inference.images import decode_image
+from src.inference.measure import Segmenter
 
 MIN_SCAN_SIDE = 32  # px; smaller uploads are thumbnails or icons, not scans
 # A grey B-mode scan has a few coloured pixels at most (annotations, a logo); a photo or a

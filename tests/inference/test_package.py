@@ -67,7 +67,7 @@ def other_checkpoint(checkpoint, tmp_path_factory) -> Path:
     """A second model: the first one's weights, perturbed (a stand-in for another fold)."""
     data = torch.load(checkpoint, weights_only=True)
     generator = torch.Generator().manual_seed(0)
-    for key, value in data["state_dict"].items():
+    for value in data["state_dict"].values():
         if value.is_floating_point() and value.ndim > 1:
             value += 0.2 * value.std() * torch.randn(value.shape, generator=generator)
     path = tmp_path_factory.mktemp("fold1") / "other.ckpt"

@@ -10,8 +10,8 @@ from torch import nn
 
 from src.data.classes import FETAL_HEAD
 from src.inference.predictor import predict_logits, predict_views
-from src.inference.views import FLIP, IDENTITY, View
 from src.inference.quality import QUALITY_VIEWS, calibrate_threshold, hc_spread, is_flagged
+from src.inference.views import FLIP, IDENTITY, View
 
 NAMES = list(FETAL_HEAD.names)
 

@@ -66,19 +66,29 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def recorded_rules(paths: list[Path]) -> dict | None:
-    """``postprocess=auto``: the rules of the checkpoint's summary.json (one checkpoint);
-    none for an ensemble or a checkpoint never evaluated, with a warning."""
+def recorded_settings(paths: list[Path]) -> dict:
+    """What the checkpoint's summary.json recorded of its evaluation (one checkpoint; {} for
+    an ensemble or a checkpoint never evaluated): ``settings`` (flips) and ``postprocess``."""
     if len(paths) != 1:
-        log.warning("postprocess=auto: an ensemble records no rules; exporting without any")
-        return None
+        return {}
     path = summary_path(paths[0].parent)
-    rules = None
-    if path.is_file():
-        rules = (read_summary(path, required=()).get("postprocess") or {}).get("rules")
-    if not rules:
-        log.warning("%s records no post-processing rules: exporting without any", path)
-    return rules or None
+    return read_summary(path, required=()) if path.is_file() else {}
+
+
+def resolve_auto(paths: list[Path], tta_flip, postprocess) -> tuple[bool, dict | None]:
+    """``auto`` settings as the checkpoint was evaluated with, with a warning where nothing
+    was recorded (an ensemble, or a checkpoint never evaluated): no flips, no rules."""
+    recorded = recorded_settings(paths)
+    where = summary_path(paths[0].parent) if len(paths) == 1 else "an ensemble"
+    if tta_flip == "auto":
+        tta_flip = (recorded.get("settings") or {}).get("tta_flip")
+        if tta_flip is None:
+            log.warning("tta_flip=auto: %s records no flips setting; exporting without", where)
+    if postprocess == "auto":
+        postprocess = (recorded.get("postprocess") or {}).get("rules")
+        if not postprocess:
+            log.warning("postprocess=auto: %s records no rules; exporting without", where)
+    return bool(tta_flip), postprocess or None
 
 
 def check_images(check_input: str | None, model: RestoredModel) -> list[np.ndarray]:
@@ -141,33 +151,67 @@ def _mean_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
 
 
 def quantize_int8(staging: Path, reference, images: list[np.ndarray]) -> dict:
-    """Replace the package's model by onnxruntime's dynamic int8 quantization of it; the
-    labels' Dice against float32 on the check images."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Replace the package's model by onnxruntime's static int8 quantization of it (QDQ,
+    weights per channel, activations calibrated on ``images`` prepared as the predictor
+    prepares them: onnxruntime then runs QLinearConv kernels, several times faster than
+    float32 on a CPU with VNNI); the labels' Dice against float32 on the same images
+    (multi-label: over the bitmask values)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    float_path = staging / "model.float32.onnx"
+    inputs = [
+        {INPUT_NAME: image_array(resize_image(i, reference.image_size))[None]} for i in images
+    ]
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(inputs)
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    float_path, prepared = staging / "model.float32.onnx", staging / "model.prepared.onnx"
     (staging / MODEL_ONNX).rename(float_path)
-    quantize_dynamic(str(float_path), str(staging / MODEL_ONNX), weight_type=QuantType.QInt8)
+    quant_pre_process(str(float_path), str(prepared))
+    quantize_static(
+        str(prepared),
+        str(staging / MODEL_ONNX),
+        Calibration(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     float_path.unlink()
+    prepared.unlink()
     quantized = load_package(staging)
-    dice = []
-    for image in images:
-        views = (IDENTITY,)
-        a = labels_from_logits(
-            reference.view_logits(image, views)[0], multilabel=reference.multilabel
+    multilabel = reference.multilabel
+    dice = [
+        _mean_dice(
+            labels_from_logits(reference.view_logits(image, (IDENTITY,))[0], multilabel=multilabel),
+            labels_from_logits(quantized.view_logits(image, (IDENTITY,))[0], multilabel=multilabel),
+            1 << len(reference.class_names) if multilabel else len(reference.class_names),
         )
-        b = labels_from_logits(
-            quantized.view_logits(image, views)[0], multilabel=reference.multilabel
-        )
-        dice.append(_mean_dice(a, b, len(reference.class_names)))
-    return {"type": "int8 dynamic (onnxruntime)", "dice_vs_float32": float(np.mean(dice))}
+        for image in images
+    ]
+    return {
+        "type": "int8 static, QDQ, per-channel weights (onnxruntime)",
+        "calibration_images": len(images),
+        "dice_vs_float32": float(np.mean(dice)),
+        "min_dice_vs_float32": float(np.min(dice)),
+    }
 
 
 def export(
     ckpt_path,
     out_dir,
     *,
-    tta_flip=False,
+    tta_flip="auto",
     postprocess="auto",
     check_input=None,
     quantize=None,
@@ -185,7 +229,7 @@ def export(
         raise ValueError(f"{paths[0]}: a 2.5D model (a stack of slices in) is not exported")
     if model.in_channels not in (1, 3):
         raise ValueError(f"{paths[0]}: {model.in_channels} input channels; grey or RGB only")
-    rules = recorded_rules(paths) if postprocess == "auto" else (postprocess or None)
+    tta_flip, rules = resolve_auto(paths, tta_flip, postprocess)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging_root = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

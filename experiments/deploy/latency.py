@@ -1,14 +1,16 @@
 """Per-scan latency and CPU time of PyTorch eager against the exported ONNX package (float32
 and int8), at 1 and 2 threads, for the CPU recipe's network and the full-size one.
 
-    python experiments/deploy/latency.py [--scans <folder of scans>] [--repeats 5]
-        [--out experiments/deploy/latency.csv]
+    python experiments/deploy/latency.py [--scans <folder>] [--calibration <folder>]
+        [--ckpt <a trained CPU-recipe checkpoint>] [--repeats 3] [--out <csv>]
 
 Each network is built from its experiment's config with random weights (latency does not
-depend on the weights), saved as a sonoseg checkpoint, exported with ``src.export`` (int8:
-``quantize=int8``), and timed on the same scans in one process: one view per scan (no flips),
-from the uint8 scan at its own size to the logits at that size, as ``src.predict`` runs it.
-The masks of float32 ONNX are compared with PyTorch's (Dice), and those of int8 too.
+depend on the weights; ``--ckpt``: the CPU recipe's trained weights instead), saved as a
+sonoseg checkpoint, exported with ``src.export`` (int8: ``quantize=int8`` calibrated on
+``--calibration``, other scans than the timed ones), and timed on the same scans in one
+process: one view per scan (no flips), from the uint8 scan at its own size to the logits at
+that size, as ``src.predict`` runs it. The masks are compared with PyTorch's (mean Dice over
+the classes either has); with random weights that comparison says little (n/a).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from src.data.classes import FETAL_HEAD, HC18_HEAD  # noqa: E402
+from src.data.readers.hc18 import OUTLINE  # noqa: E402
 from src.export import export  # noqa: E402
 from src.inference.checkpoint import checkpoint_payload, load_model  # noqa: E402
 from src.inference.images import list_inputs, read_image  # noqa: E402
@@ -45,6 +48,7 @@ NETWORKS = {
 
 
 def build_checkpoint(experiment: str, class_names, image_size, folder: Path) -> Path:
+    """A checkpoint of the experiment's network with random weights."""
     overrides = [f"+experiment={experiment}"]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides)
@@ -89,24 +93,44 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else 1.0
 
 
+def mean_dice(labels: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    return round(float(np.mean([dice(a, b) for a, b in zip(labels, reference, strict=True)])), 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scans", help="a folder of grey scans (default: 4 synthetic ones)")
+    parser.add_argument(
+        "--scans",
+        help="a folder of grey scans, HC18 outlines (*_Annotation.png) left out "
+        "(default: synthetic ones at 959 x 661)",
+    )
+    parser.add_argument("--calibration", help="a folder of scans to calibrate int8 on")
+    parser.add_argument("--ckpt", help="trained weights for the CPU recipe's network")
     parser.add_argument("--n-scans", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "experiments" / "deploy" / "latency.csv"))
     args = parser.parse_args()
     if args.scans:
-        scans = [read_image(p, 1) for p in list_inputs(args.scans)[: args.n_scans]]
+        files = [p for p in list_inputs(args.scans) if not p.name.endswith(OUTLINE)]
+        scans = [read_image(p, 1) for p in files[: args.n_scans]]
     else:
         scans = synthetic_scans(args.n_scans)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name, (experiment, classes, size) in NETWORKS.items():
-            ckpt = build_checkpoint(experiment, classes, size, folder)
+            trained = args.ckpt is not None and experiment == "hc18_cpu"
+            ckpt = (
+                Path(args.ckpt) if trained else build_checkpoint(experiment, classes, size, folder)
+            )
             export(ckpt, folder / f"{experiment}-fp32", postprocess=None)
-            export(ckpt, folder / f"{experiment}-int8", postprocess=None, quantize="int8")
+            export(
+                ckpt,
+                folder / f"{experiment}-int8",
+                postprocess=None,
+                quantize="int8",
+                check_input=args.calibration,
+            )
             model = load_model(ckpt)
             for threads in (1, 2):
                 torch.set_num_threads(threads)
@@ -134,14 +158,9 @@ def main() -> None:
                             "ms_per_scan": round(1000 * wall, 1),
                             "cpu_ms_per_scan": round(1000 * cpu, 1),
                             "speedup_vs_eager": round(base / wall, 2),
-                            "mask_dice_vs_eager": round(
-                                float(
-                                    np.mean(
-                                        [dice(a, b) for a, b in zip(labels, reference, strict=True)]
-                                    )
-                                ),
-                                4,
-                            ),
+                            "mask_dice_vs_eager": mean_dice(labels, reference)
+                            if trained
+                            else "n/a",
                         }
                     )
                     print(rows[-1], flush=True)
@@ -151,11 +170,7 @@ def main() -> None:
         f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}; scans: "
         f"{args.scans or 'synthetic'} ({len(scans)} at {scans[0].shape[1]}x{scans[0].shape[0]})"
     )
-    print(
-        table.to_markdown(index=False)
-        if hasattr(table, "to_markdown")
-        else table.to_string(index=False)
-    )
+    print(table.to_string(index=False))
     print(f"wrote {args.out}")
 
 

@@ -38,8 +38,8 @@ slurm-down:
 	tools/slurm/down.sh
 
 lint: install
-	$(BIN)/ruff check src tests experiments
-	$(BIN)/ruff format --check src tests experiments
+	$(BIN)/ruff check src tests experiments hydra_plugins
+	$(BIN)/ruff format --check src tests experiments hydra_plugins
 	$(BIN)/lint-imports
 
 # The main job on the embedded default data (a synthetic phantom generated on first use).

@@ -8,29 +8,32 @@ index.csv rows from the data config's DataModule (prepared, never cached: the ne
 size is the checkpoint's, whatever ``data.image_size`` says), the scores from
 ``src.evaluation.evaluate.evaluate_split``.
 
-External validation (another copy of the data, e.g. HC18 scans of other subjects):
-``data.root=<other> split=all`` scores every scan of it. The training run's split is used only
-for the data it was made on, and where the scored images include the val split nothing is
-decided on them: the post-processing rules and the quality flag's threshold are the ones the
-checkpoint's own evaluation chose (its summary.json), so no label of the scored data tunes
-what scores it.
+The split scored is the checkpoint's own (it carries the image ids of its split and the
+fingerprint of the data it was made of), wherever the file lies; ``summary.json`` records where
+the split came from (``split_origin``), with fold, seed and the data's fingerprint.
+External validation (other data, e.g. HC18 scans of other subjects): ``data.root=<other>
+split=all`` scores every scan of it; ``split=test|val`` is refused there. Where the scored
+images include the val split nothing is decided on them: the post-processing rules and the
+quality flag's threshold are the ones the checkpoint's own evaluation chose (its
+summary.json), so no label of the scored data tunes what scores it.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import src  # PROJECT_ROOT for the configs, CONF_DIR for Hydra
-from src.data.splits import SPLIT_NAMES
+from src.data.splits import SPLIT_NAMES, data_fingerprint, selected_rows, splits_of_record
 from src.evaluation.evaluate import evaluate_split
 from src.evaluation.records import evaluation_summary, write_evaluation
 from src.inference.checkpoint import load_model
-from src.runs import read_summary, resolved_config_path, run_dir_of, splits_path, summary_path
+from src.runs import SPLITS_JSON, read_summary, run_dir_of, splits_path, summary_path
 from src.utils import task_wrapper
 
 log = logging.getLogger(__name__)
@@ -45,20 +48,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     restored = load_model(cfg.ckpt_path, map_location=device)
-    # The 2.5D input the network was trained on (its in_channels follow), and the training
-    # run's split when the checkpoint is still in its run folder and none is given.
+    # The 2.5D input the network was trained on (its in_channels follow).
     data = {"context_slices": (restored.context or {}).get("context_slices", 0)}
-    run_dir = run_dir_of(restored.checkpoint_path)
-    run_split = splits_path(run_dir)
-    if cfg.data.splits_file is None and run_split.is_file():
-        if same_data_root(run_dir, cfg.data.root):
-            log.info("using the training run's split %s", run_split)
-            data["splits_file"] = str(run_split)
-        else:
-            log.info("data.root=%s is not the training run's data: its own split", cfg.data.root)
     datamodule = hydra.utils.instantiate(cfg.data, **data)
     datamodule.check_network(restored.class_names, restored.in_channels, restored.checkpoint_path)
     datamodule.prepare_record()
+    split_origin = choose_split(restored, datamodule, cfg)
     splits = SPLIT_NAMES if cfg.split == "all" else (cfg.split,)
     postprocess, threshold = cfg.postprocess, None
     if "val" in splits:
@@ -80,17 +75,64 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         class_names=restored.class_names,
         split=cfg.split,
     )
+    used = datamodule.split_record()
+    summary["split_origin"] = split_origin | {
+        key: used[key] for key in ("n_folds", "fold", "seed", "data_fingerprint")
+    }
     out_dir = Path(cfg.out_dir) if cfg.out_dir else restored.checkpoint_path.parent
     write_evaluation(summary, result["rows"], out_dir)
     return result["metrics"]
 
 
-def same_data_root(run_dir: Path | None, root: str) -> bool:
-    """Whether the training run (its saved config) read its data from ``root``."""
-    if run_dir is None or not resolved_config_path(run_dir).is_file():
-        return True  # nothing says otherwise: the split file's own ids are checked on use
-    trained_on = OmegaConf.load(resolved_config_path(run_dir)).get("data", {}).get("root")
-    return trained_on is None or Path(str(trained_on)).resolve() == Path(str(root)).resolve()
+def choose_split(restored, datamodule, cfg: DictConfig) -> dict:
+    """Point ``datamodule`` at the split to score and say where it came from: ``splits_file``
+    when given; else the checkpoint's own split when the data is the data it was trained on
+    (same fingerprint), wherever the checkpoint file lies; else, for other data (external
+    validation), its own split, which only ``split=all`` may score: val or test images of
+    another data's split would be reported as a held-out score they are not. A checkpoint
+    without a recorded split (older ones): the training run's splits.json when it is still
+    in its run folder, else the config's split, with a warning naming what was assumed."""
+    if cfg.data.splits_file is not None:
+        return {"from": "splits_file", "path": str(cfg.data.splits_file)}
+    rows = selected_rows(datamodule.prepared_dir, datamodule.select)
+    fingerprint = data_fingerprint(rows)
+    recorded = restored.split
+    if recorded is not None:
+        if recorded.get("data_fingerprint") == fingerprint:
+            path = Path(tempfile.mkdtemp(prefix="sonoseg-split-")) / SPLITS_JSON
+            splits_of_record(recorded).write(path)
+            datamodule.splits_file = path
+            log.info(
+                "scoring the checkpoint's own split (fold %s, seed %s)",
+                recorded["fold"],
+                recorded["seed"],
+            )
+            return {"from": "checkpoint"}
+        if cfg.split != "all":
+            raise ValueError(
+                f"data.root={cfg.data.root} is not the data {restored.checkpoint_path.name} was "
+                f"trained on (data fingerprint {fingerprint}, trained on "
+                f"{recorded.get('data_fingerprint')}): its split={cfg.split} would not be "
+                "held-out images. Use split=all to score every image of this data."
+            )
+        return {"from": "recomputed: other data than the checkpoint's (split=all)"}
+    run_split = splits_path(run_dir_of(restored.checkpoint_path))
+    if run_split.is_file():
+        log.warning(
+            "%s records no split (an older checkpoint): assuming its run folder's %s",
+            restored.checkpoint_path,
+            run_split,
+        )
+        datamodule.splits_file = run_split
+        return {"from": "run folder (the checkpoint records none)", "path": str(run_split)}
+    log.warning(
+        "%s records no split (an older checkpoint) and lies outside its run folder: assuming "
+        "the config's split (fold %s, seed %s); its test images may have been trained on",
+        restored.checkpoint_path,
+        cfg.data.fold,
+        cfg.data.seed,
+    )
+    return {"from": "recomputed from the config (the checkpoint records none)"}
 
 
 def recorded_decisions(checkpoint: Path, postprocess) -> tuple[object, float | None]:

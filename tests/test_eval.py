@@ -215,12 +215,71 @@ def test_external_validation_scores_every_scan_of_another_copy(tiny_trained_run,
         )
     with caplog.at_level("INFO"):
         evaluate_checkpoint(cfg)
-    assert "is not the training run's data" in caplog.text
     (index,) = cache_dir.glob("*/index.csv")
     with index.open() as f:
         ids = {row["image"] for row in csv.DictReader(f)}
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["num_images"] == len(ids) > 19  # more than the training record's 19
+    assert summary["split_origin"]["from"].startswith("recomputed: other data")
     assert {row["id"] for row in summary["per_image"]} == ids
     assert summary["postprocess"]["rules"] == {}
     assert "decided_on" not in summary["postprocess"]
+
+
+def _eval_config(checkpoint: Path, data_root: Path, cache_dir: Path, out_dir: Path, split: str):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            "eval",
+            overrides=[
+                f"ckpt_path={checkpoint}",
+                f"data.root={data_root}",
+                "data.synthetic=null",
+                f"data.cache_dir={cache_dir}",
+                "data.num_workers=0",
+                f"split={split}",
+                f"out_dir={out_dir}",
+                f"paths.output_dir={out_dir}",
+            ],
+        )
+
+
+def test_a_copied_checkpoint_scores_exactly_its_own_test_images(
+    tiny_run, phantom_raw, tmp_path_factory, tmp_path
+):
+    """Trained with data.fold=1, copied out of its run folder, evaluated with the config's
+    default fold 0: the test images scored are the checkpoint's own (fold 1's), never images
+    it was trained on; summary.json says where the split came from."""
+    run_dir = tmp_path / "run"
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        train(
+            compose(
+                "train", [*tiny_run, "data.fold=1", "test=false", f"paths.output_dir={run_dir}"]
+            )
+        )
+    trained_split = json.loads((run_dir / "splits.json").read_text())
+    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    lone = Path(shutil.copy(best, tmp_path_factory.mktemp("copied") / "model.ckpt"))
+    shutil.rmtree(run_dir)  # no run folder, no splits.json: only the checkpoint knows
+
+    out_dir = tmp_path / "eval"
+    cache = tmp_path_factory.getbasetemp() / "eval-prepared"
+    evaluate_checkpoint(_eval_config(lone, phantom_raw, cache, out_dir, "test"))
+    summary = json.loads((out_dir / "summary.json").read_text())
+    scored = {row["id"] for row in summary["per_image"]}
+    assert scored == set(trained_split["test"])
+    assert not scored & set(trained_split["train"])
+    origin = summary["split_origin"]
+    assert (origin["from"], origin["fold"], origin["seed"]) == ("checkpoint", 1, 0)
+    assert len(origin["data_fingerprint"]) == 16
+
+
+def test_test_or_val_split_of_other_data_is_refused(tiny_trained_run, tmp_path, caplog):
+    from src.synthetic.record import write_phantom_record
+
+    other = write_phantom_record(tmp_path / "other", n_subjects=10, size=(96, 66), seed=1)
+    (checkpoint,) = (tiny_trained_run / "checkpoints").glob("epoch_*.ckpt")
+    cfg = _eval_config(checkpoint, other, tmp_path / "prepared", tmp_path / "out", "test")
+    with pytest.raises(SystemExit):
+        evaluate_checkpoint(cfg)
+    assert "is not the data epoch_" in caplog.text and "Use split=all" in caplog.text
+    assert not (tmp_path / "out" / "summary.json").exists()

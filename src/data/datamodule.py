@@ -37,8 +37,10 @@ from src.data.splits import (
     SPLIT_NAMES,
     PreparedSplit,
     Splits,
+    data_fingerprint,
     read_or_make_splits,
     selected_rows,
+    split_record,
 )
 
 log = logging.getLogger(__name__)
@@ -265,6 +267,13 @@ class SegmentationDataModule(pl.LightningDataModule):
     def splits(self) -> Splits | None:
         """The images of each split (None before ``split_source``)."""
         return self._split.splits if self._split is not None else None
+
+    def split_record(self) -> dict | None:
+        """The split in use and the fingerprint of the data it was made of (None before
+        ``split_source``), for the checkpoint (``src.data.splits.split_record``)."""
+        if self._split is None:
+            return None
+        return split_record(self._split.splits, data_fingerprint(self._split.rows))
 
     def check_network(self, class_names: Sequence[str], in_channels: int, source: object) -> None:
         """Refuse a network (``source``: where it comes from) trained on other classes or

@@ -14,6 +14,7 @@ rows evaluation reads (``PreparedSplit``), never need its array cache.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -104,6 +105,32 @@ def make_splits(
         train=tuple(images[(fold_of_row != fold) & (fold_of_row != val_fold)]),
         val=tuple(images[fold_of_row == val_fold]),
         test=tuple(images[fold_of_row == fold]),
+    )
+
+
+def data_fingerprint(rows: pd.DataFrame) -> str:
+    """What identifies the images a split was made of: a hash of the selected index.csv's
+    image paths (the same record prepared anywhere gives the same one; another copy of the
+    data, another hospital, another selection, another one)."""
+    return hashlib.sha256("\n".join(sorted(rows["image"])).encode()).hexdigest()[:16]
+
+
+# checkpoint["sonoseg_split"]: the split a network was trained on and the data it was made of.
+SPLIT_RECORD_KEY = "sonoseg_split"
+
+
+def split_record(splits: Splits, fingerprint: str) -> dict:
+    """Plain values (a checkpoint loads with weights_only): the fold parameters, the image ids
+    of each split and the data's fingerprint."""
+    return json.loads(splits.to_json()) | {"data_fingerprint": fingerprint}
+
+
+def splits_of_record(record: dict) -> Splits:
+    return Splits(
+        n_folds=int(record["n_folds"]),
+        fold=int(record["fold"]),
+        seed=int(record["seed"]),
+        **{split: tuple(record[split]) for split in SPLIT_NAMES},
     )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from src.data.splits import SPLIT_RECORD_KEY
 from src.inference.predictor import predict_views
 from src.inference.prestage import DenoisedSegmenter, as_prestage
 from src.inference.views import View
@@ -104,6 +105,9 @@ class RestoredModel:
     checkpoint_path: Path
     multilabel: bool = False
     context: dict | None = None  # 2.5D: context_slices, volume_column, slice_column
+    # The split it was trained on and its data's fingerprint (src.data.splits.split_record);
+    # None for checkpoints written before they carried it.
+    split: dict | None = None
 
     def view_logits(self, image: np.ndarray, views: Sequence[View]) -> np.ndarray:
         """float32 logits (V, K, H, W) of the views of a uint8 image, at its original size."""
@@ -186,6 +190,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
         checkpoint_path=path,
         multilabel=bool(payload.get("multilabel", False)),
         context=payload.get("context"),
+        split=checkpoint.get(SPLIT_RECORD_KEY),
     )
 
 

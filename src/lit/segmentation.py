@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from src.data.splits import SPLIT_RECORD_KEY
 from src.inference.checkpoint import PAYLOAD_KEY, checkpoint_payload
 from src.metrics import SegmentationMetrics, decide
 
@@ -91,8 +92,14 @@ class SegmentationModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Every checkpoint carries its resolved model config, class names and input size,
-        so ``src.inference.checkpoint.load_model`` rebuilds the network without the run."""
+        so ``src.inference.checkpoint.load_model`` rebuilds the network without the run, and
+        the split it was trained on with the data's fingerprint, so that ``src.eval`` scores
+        its own test images wherever the file is copied."""
         checkpoint[PAYLOAD_KEY] = self.checkpoint_payload
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        record = datamodule.split_record() if hasattr(datamodule, "split_record") else None
+        if record is not None:
+            checkpoint[SPLIT_RECORD_KEY] = record
 
     def train(self, mode: bool = True) -> SegmentationModule:
         """A frozen denoiser stays in eval mode (batch-norm statistics and dropout as it was

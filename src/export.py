@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 import src
 from src.data.cache import resize_image
 from src.data.images import image_array
-from src.data.prepared import check_replaceable, replace_dir
+from src.data.prepared import check_replaceable, replace_dir, staging_dir
 from src.inference.checkpoint import RestoredModel, load_ensemble
 from src.inference.images import list_inputs, read_image
 from src.inference.package import (
@@ -231,7 +230,7 @@ def export(
         raise ValueError(f"{paths[0]}: {model.in_channels} input channels; grey or RGB only")
     tta_flip, rules = resolve_auto(paths, tta_flip, postprocess)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging_root = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    staging_root = staging_dir(out_dir, "tmp")
     try:
         staging = staging_root / out_dir.name
         staging.mkdir()

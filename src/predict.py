@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,7 +41,7 @@ from src.biometry import (
 )
 from src.data.classes import class_set_for, head_class_set
 from src.data.images import FILE_CHANNELS
-from src.data.prepared import check_replaceable, replace_dir
+from src.data.prepared import check_replaceable, replace_dir, staging_dir
 from src.data.readers.hc18 import (
     HEAD_CIRCUMFERENCE,
     OUTLINE,
@@ -148,7 +147,7 @@ def predict_files(
     if head_class_set(model.class_names) is None:
         log.warning("classes %s have no head to measure: no biometry", model.class_names)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging_root = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    staging_root = staging_dir(out_dir, "tmp")
     try:
         staging = staging_root / out_dir.name
         report = PredictionReport(out_dir)

@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import psutil
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import ListConfig, OmegaConf
@@ -320,3 +322,27 @@ def _as_fold(value, path: Path) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ValueError(f"{path}: {FOLD_KEY} must be an integer, got {value!r}") from None
+
+
+# --- processes that own a file --------------------------------------------------------------
+
+
+def process_identity(pid: int | None = None) -> str:
+    """``<host>:<pid>:<start time>`` of a process (default: this one): what a staging folder
+    or an Optuna trial records of its owner, so that a later process can tell it is gone."""
+    process = psutil.Process(pid)
+    return f"{socket.gethostname()}:{process.pid}:{process.create_time():.0f}"
+
+
+def process_is_gone(identity: str) -> bool:
+    """True when ``identity`` names a process of this host that no longer runs (a pid now
+    used by another process counts as gone); another host's process cannot be checked:
+    False."""
+    host, _, rest = identity.partition(":")
+    pid, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        return process_identity(int(pid)) != identity
+    except psutil.NoSuchProcess:
+        return True

@@ -13,8 +13,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hydra_plugins.sonoseg.optuna_sweeper import _owner, _owner_is_gone, search_space
+from hydra_plugins.sonoseg.optuna_sweeper import search_space
 from src.report import build_report, render_markdown
+from src.runs import process_identity, process_is_gone
 from src.studies import (
     INTERRUPTED,
     NOT_RUN,
@@ -134,12 +135,12 @@ def test_the_search_space_follows_hydras_sweep_syntax():
 
 
 def test_only_a_process_of_this_host_that_is_gone_counts_as_gone():
-    assert not _owner_is_gone(_owner())
+    assert not process_is_gone(process_identity())
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    owner = _owner(child.pid)
+    owner = process_identity(child.pid)
     child.wait()
-    assert _owner_is_gone(owner)
-    assert not _owner_is_gone("another-host:1:0")
+    assert process_is_gone(owner)
+    assert not process_is_gone("another-host:1:0")
 
 
 @pytest.mark.parametrize("storage", ["sqlite:///{tmp}/s.db", "{tmp}/s.journal"])

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
@@ -35,6 +33,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.runs import process_identity, process_is_gone
 from src.studies import (
     INTERRUPTED,
     JOB_DIR,
@@ -47,24 +46,6 @@ from src.studies import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _owner(pid: int | None = None) -> str:
-    process = psutil.Process(pid)
-    return f"{socket.gethostname()}:{process.pid}:{process.create_time():.0f}"
-
-
-def _owner_is_gone(owner: str) -> bool:
-    """True when ``owner`` names a process of this host that no longer runs (a pid reused by
-    another process counts as gone); a process of another host cannot be checked: False."""
-    host, _, rest = owner.partition(":")
-    pid, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        return _owner(int(pid)) != owner
-    except psutil.NoSuchProcess:
-        return True
 
 
 def search_space(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -169,7 +150,7 @@ class OptunaStudySweeper(Sweeper):
             if len(counted) >= self.n_trials:
                 break
             trial = study.ask(distributions)
-            trial.set_user_attr(OWNER, _owner())
+            trial.set_user_attr(OWNER, process_identity())
             earlier = [
                 t
                 for t in study.get_trials(deepcopy=False)
@@ -188,7 +169,7 @@ class OptunaStudySweeper(Sweeper):
 
         for frozen in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
             owner = frozen.user_attrs.get(OWNER, "")
-            if not _owner_is_gone(owner):
+            if not process_is_gone(owner):
                 continue
             trial = optuna.trial.Trial(study, frozen._trial_id)
             trial.set_user_attr(INTERRUPTED, f"its sweep process ({owner}) ended before it")

@@ -34,6 +34,7 @@ from filelock import FileLock, Timeout
 
 from src.data.classes import ClassSet
 from src.data.images import read_image
+from src.runs import process_identity, process_is_gone
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,35 @@ def locked(target: Path) -> Iterator[None]:
         lock.release()
 
 
+STAGING_OWNER = ".owner"  # in a staging folder: process_identity() of the process building it
+
+
+def staging_dir(target: Path, kind: str) -> Path:
+    """A fresh hidden sibling of ``target`` (``.<name>.<kind>-<random>``) to build it in,
+    recording its owner, after removing the staging folders of ``target`` whose owner is gone
+    (a build killed midway leaves its folder behind)."""
+    remove_stale_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=target.parent))
+    (staging / STAGING_OWNER).write_text(process_identity())
+    return staging
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove the staging folders beside ``target`` whose owning process is gone, saying so;
+    those of a live process, of another host, or without an owner record are left alone."""
+    removed = []
+    for folder in Path(target).parent.glob(f".{Path(target).name}.*-*"):
+        owner_file = folder / STAGING_OWNER
+        if not folder.is_dir() or not owner_file.is_file():
+            continue
+        owner = owner_file.read_text().strip()
+        if process_is_gone(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning("removed %s, left by a build that ended midway (process %s)", folder, owner)
+            removed.append(folder)
+    return removed
+
+
 def build_dir_atomically(target: Path, build: Callable[[Path], object]) -> Path:
     """Run ``build(staging)`` on a fresh path beside ``target``, then rename it into place.
 
@@ -89,7 +119,7 @@ def build_dir_atomically(target: Path, build: Callable[[Path], object]) -> Path:
     same target first, its result is kept and ours is discarded.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging_root = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging_root = staging_dir(target, "tmp")
     try:
         staging = staging_root / target.name
         build(staging)
@@ -243,12 +273,13 @@ def write_prepared(
     # Listed before reading, so a file changing during the run makes the copy outdated.
     source = source_record(raw_dir, reader.name, reader.version)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    staging = staging_dir(out_dir, "partial")
     try:
         rows, report = convert(staging)
         write_index(staging / "index.csv", rows, reader.columns)
         (staging / "prepare_report.json").write_text(json.dumps(report, indent=2) + "\n")
         write_source_record(staging, source)
+        (staging / STAGING_OWNER).unlink()  # the folder becomes the prepared copy
         replace_dir(out_dir, staging, overwrite, PREPARED_MARKERS, PREPARED_KIND)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

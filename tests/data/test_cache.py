@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -13,8 +15,11 @@ from scipy import ndimage
 
 from src.data import cache
 from src.data.cache import build_cache, cache_dir_for, open_cache, resize_image, resize_mask
-from src.data.prepared import build_dir_atomically
+from src.data.prepared import STAGING_OWNER, build_dir_atomically, staging_dir
+from src.data.readers.fetal_head import prepare_dataset
 from src.denoise.classical import Median
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NUM_CLASSES = 4
 
@@ -219,3 +224,35 @@ def test_an_existing_target_built_concurrently_is_kept(tmp_path):
     assert build_dir_atomically(target, build_while_another_process_finishes_first) == target
     assert [p.name for p in target.iterdir()] == ["theirs"]
     assert [p.name for p in tmp_path.iterdir()] == ["target"]
+
+
+def test_a_killed_builds_staging_folder_is_removed_by_the_next_prepare(
+    phantom_raw, tmp_path, caplog
+):
+    """A prepare killed midway leaves ``.<name>.partial-*``; the next prepare of that folder
+    removes it and says so. Folders of a live process or without an owner are left alone."""
+    out = tmp_path / "prepared"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from pathlib import Path; from src.data.prepared import staging_dir;"
+            "s = staging_dir(Path(sys.argv[1]), 'partial'); (s / 'half.png').write_bytes(b'x');"
+            "print(s); os._exit(9)",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    left = Path(killed.stdout.strip())
+    assert killed.returncode == 9 and left.is_dir()
+    live = staging_dir(out, "partial")  # this process: still running
+    unknown = tmp_path / f".{out.name}.partial-manual"
+    unknown.mkdir()
+    with caplog.at_level("WARNING"):
+        prepare_dataset(phantom_raw, out)
+    assert not left.exists()
+    assert f"removed {left}" in caplog.text
+    assert live.is_dir() and unknown.is_dir()
+    assert (out / "index.csv").is_file() and not (out / STAGING_OWNER).exists()

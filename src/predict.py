@@ -40,7 +40,7 @@ from src.biometry import (
     PixelSize,
 )
 from src.data.classes import class_set_for, head_class_set
-from src.data.images import FILE_CHANNELS
+from src.data.images import FILE_CHANNELS, IMAGE_SUFFIXES
 from src.data.prepared import check_replaceable, replace_dir, staging_dir
 from src.data.readers.hc18 import (
     HEAD_CIRCUMFERENCE,
@@ -234,18 +234,35 @@ def _write_tables(folder: Path, report: PredictionReport) -> None:
     columns = [c for c in dict.fromkeys([*rows.columns, *BIOMETRY_COLUMNS]) if c != "check"]
     rows.reindex(columns=columns).to_csv(folder / BIOMETRY_CSV, index=False)
     if (rows["units"] == "mm").all():
-        write_submission(
-            folder / SUBMISSION_CSV,
-            {
-                Path(row["image"]).name: {k: row[k] for k in ELLIPSE_FIELDS}
-                if row["head_found"]
-                else None
-                for row in report.rows
-            },
-        )
+        _write_submission(folder, report)
     if report.skipped:
         skipped = pd.DataFrame({"file": report.skipped.keys(), "reason": report.skipped.values()})
         skipped.to_csv(folder / SKIPPED_CSV, index=False)
+
+
+def _write_submission(folder: Path, report: PredictionReport) -> None:
+    """hc18_submission.csv with a row for every input scan: its ellipse, or empty cells for a
+    scan without a head found and for an image file that was skipped (unreadable, or not in
+    the pixel-size CSV), so that a short submission cannot go unnoticed; the log counts the
+    empty rows by reason (the skipped files' reasons are in skipped.csv)."""
+    ellipses = {
+        Path(row["image"]).name: {k: row[k] for k in ELLIPSE_FIELDS} if row["head_found"] else None
+        for row in report.rows
+    }
+    skipped = [Path(p).name for p in report.skipped if Path(p).suffix.lower() in IMAGE_SUFFIXES]
+    no_head = sum(ellipse is None for ellipse in ellipses.values())
+    ellipses |= dict.fromkeys(skipped)
+    write_submission(folder / SUBMISSION_CSV, dict(sorted(ellipses.items())))
+    if no_head or skipped:
+        log.warning(
+            "%s: %d rows, %d empty: %d without a head found, %d skipped (reasons in %s)",
+            SUBMISSION_CSV,
+            len(ellipses),
+            no_head + len(skipped),
+            no_head,
+            len(skipped),
+            SKIPPED_CSV,
+        )
 
 
 def predict(

@@ -184,3 +184,59 @@ def test_tiff_inputs_read_as_their_png_twins(tmp_path, in_channels):
     png = predict_module.read_image(tmp_path / "slice.png", in_channels)
     assert tiff.shape == png.shape == ((12, 10) if in_channels == 1 else (12, 10, 3))
     assert np.abs(tiff.astype(int) - png).max() <= (1 if in_channels == 1 else 0)
+
+
+def test_the_submission_has_a_row_per_scan_and_draws_back_as_the_predicted_head(
+    ckpt, tmp_path, caplog
+):
+    """Every image file gets a row (a scan without a head and an unreadable one: empty
+    cells, counted in the log); drawing a row in the documented frame (x = column, y = row,
+    angle clockwise from +x, a along it: src.data.readers.hc18.write_submission) onto the
+    scan reproduces the predicted head mask. Scans of HC18's scale (semi-axes of 100+ px)."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name, angle in (("a.png", 0), ("b.png", 30), ("c.png", None)):
+        scan = np.full((400, 600), 30, dtype=np.uint8)
+        if angle is not None:
+            cv2.ellipse(scan, (310, 190), (180, 110), angle, 0, 360, 220, -1)
+        cv2.imwrite(str(folder / name), scan)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("not an image")
+    pixel_mm = 0.2
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        predict(ckpt, folder, out, pixel_size_mm=pixel_mm)
+    submission = pd.read_csv(out / "hc18_submission.csv").set_index("filename")
+    assert list(submission.index) == ["a.png", "b.png", "broken.png", "c.png"]  # no notes.txt
+    assert submission.loc[["broken.png", "c.png"]].isna().all().all()
+    assert "4 rows, 2 empty: 1 without a head found, 1 skipped" in caplog.text
+    for name in ("a.png", "b.png"):
+        row = submission.loc[name]
+        drawn = np.zeros((400, 600), dtype=np.uint8)
+        sub = 16  # cv2.ellipse's fixed point (shift=4): sub-pixel centre and axes
+        cv2.ellipse(
+            drawn,
+            (round(sub * row.center_x_mm / pixel_mm), round(sub * row.center_y_mm / pixel_mm)),
+            (
+                round(sub * row.semi_axes_a_mm / pixel_mm),
+                round(sub * row.semi_axes_b_mm / pixel_mm),
+            ),
+            math.degrees(row.angle_rad),
+            0,
+            360,
+            1,
+            -1,
+            shift=4,
+        )
+        predicted = cv2.imread(str(out / "masks" / f"{Path(name).stem}.png"), 0) > 0
+        dice = 2 * (predicted & (drawn > 0)).sum() / (predicted.sum() + (drawn > 0).sum())
+        assert dice >= 0.99, name
+        assert row.semi_axes_a_mm >= row.semi_axes_b_mm
+    # The other reading some public scripts use (x from the row) does not draw it back.
+    row = submission.loc["b.png"]
+    swapped = np.zeros((400, 600), dtype=np.uint8)
+    centre = (round(row.center_y_mm / pixel_mm), round(row.center_x_mm / pixel_mm))
+    axes = (round(row.semi_axes_a_mm / pixel_mm), round(row.semi_axes_b_mm / pixel_mm))
+    cv2.ellipse(swapped, centre, axes, math.degrees(row.angle_rad), 0, 360, 1, -1)
+    predicted = cv2.imread(str(out / "masks" / "b.png"), 0) > 0
+    assert 2 * (predicted & (swapped > 0)).sum() / (predicted.sum() + swapped.sum()) < 0.9

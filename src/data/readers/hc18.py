@@ -100,7 +100,15 @@ def write_submission(path: Path, ellipses: dict[str, dict | None]) -> Path:
     """The challenge's CSV: per image file name, its head ellipse in mm (``center_x``,
     ``center_y``, ``semi_axis_a``, ``semi_axis_b``, ``angle_rad`` as
     ``src.biometry.HeadMeasurement`` names them). An image without a head (None) keeps its
-    row with empty cells, so a missing prediction is visible rather than dropped."""
+    row with empty cells, so a missing prediction is visible rather than dropped.
+
+    The frame (the challenge names the columns, not the frame, and public submission scripts
+    disagree): x is the image COLUMN and y the ROW, both from the centre of the top-left
+    pixel, times the pixel size; ``semi_axes_a_mm`` >= ``semi_axes_b_mm``, a along the angle;
+    ``angle_rad`` in [0, pi) from +x towards +y, i.e. clockwise on the displayed image:
+    OpenCV's ``cv2.ellipse``/``fitEllipse`` frame (``src.ellipse.fit_ellipse``). Drawing a row
+    with ``cv2.ellipse(center=(x, y) / pixel, axes=(a, b) / pixel, angle=degrees(angle))``
+    reproduces the predicted head (tests/test_predict.py)."""
     path = Path(path)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)

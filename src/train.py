@@ -38,15 +38,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if previous_split.is_file():
             with open_dict(cfg):
                 cfg.data.splits_file = str(previous_split)
-    print_config_tree(cfg, save_to=resolved_config_path(output_dir))
-    pl.seed_everything(cfg.seed, workers=True)
-
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Checked and built before the config is printed and the Trainer talks: a wrong root, a
+    # split the data cannot fill or a config mistake is then the first thing shown.
     datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_record()
+    datamodule.split_source()
     module = build_segmentation_module(cfg, datamodule)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_callbacks(cfg.get("callbacks")), logger=loggers
     )
+    print_config_tree(cfg, save_to=resolved_config_path(output_dir))
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

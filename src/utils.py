@@ -176,11 +176,19 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             failed = False
             return result
         except Exception as error:
-            log.exception(FAILED_LOG_LINE)  # src.runs.job_status looks for it in the log
             overrides = " ".join(job_overrides()) or "(none)"
-            log.error(f"{type(error).__name__}: {error} [overrides: {overrides}]")
             if not in_multirun():
+                # A single run: the traceback goes to the log file, the console gets the
+                # error in one line and where the traceback is (all of it with
+                # HYDRA_FULL_ERROR=1).
+                log_files = log_traceback(full=os.environ.get("HYDRA_FULL_ERROR") == "1")
+                message = (str(error).splitlines() or [""])[0]  # OmegaConf adds key details
+                print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
+                if log_files:
+                    print(f"full traceback: {', '.join(map(str, log_files))}", file=sys.stderr)
                 raise SystemExit(1) from error
+            log.exception(FAILED_LOG_LINE)  # src.runs.job_status looks for it in the log
+            log.error(f"{type(error).__name__}: {error} [overrides: {overrides}]")
             # DDP re-runs the command in each process; one marker.
             rank_zero_only(write_failed_marker)(Path(cfg.paths.output_dir), error, overrides)
             return None
@@ -189,6 +197,22 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             log.info(f"Output folder: {cfg.paths.output_dir}")
 
     return wrapped
+
+
+def log_traceback(full: bool = False) -> list[Path]:
+    """Log the exception being handled as a failed run: into the log files only (the files
+    it went to are returned), or everywhere with ``full``. ``src.runs.job_status`` looks for
+    ``FAILED_LOG_LINE`` in the log."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if full or not files:
+        log.exception(FAILED_LOG_LINE)
+        return [Path(h.baseFilename) for h in files]
+    record = log.makeRecord(
+        log.name, logging.ERROR, __file__, 0, FAILED_LOG_LINE, None, sys.exc_info()
+    )
+    for handler in files:
+        handler.handle(record)
+    return [Path(h.baseFilename) for h in files]
 
 
 # What lightning_fabric's _SubprocessScriptLauncher sets in the launching process.

@@ -88,8 +88,19 @@ def make_splits(
             raise ValueError(f"split column {column!r} is not in the index ({list(rows.columns)})")
     n_groups = rows[group_column].nunique()
     if n_groups < n_folds:
-        raise ValueError(f"{n_groups} {group_column} groups cannot fill {n_folds} folds")
+        fix = f"set data.n_folds={n_groups}" if n_groups >= 3 else "this data is too small to split"
+        raise ValueError(
+            f"{n_groups} {group_column} groups cannot fill data.n_folds={n_folds} folds "
+            f"(each fold needs its own {group_column}s): {fix}"
+        )
     strata = rows[stratify_column] if stratify_column else np.zeros(len(rows))
+    counts = pd.Series(strata).value_counts()
+    if stratify_column and (counts < n_folds).all():  # scikit-learn's error, named
+        raise ValueError(
+            f"every {stratify_column} stratum has fewer images than data.n_folds={n_folds} "
+            f"({', '.join(f'{k}: {v}' for k, v in counts.items())}): set "
+            f"data.n_folds={max(3, int(counts.max()))} or data.stratify_column=null"
+        )
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold_of_row = np.empty(len(rows), dtype=int)
     for k, (_, in_fold) in enumerate(

@@ -4,7 +4,11 @@ so an entry point does not wire them by hand."""
 
 from __future__ import annotations
 
+import re
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -21,8 +25,9 @@ def build_segmentation_module(
     denoiser, denoiser_config = denoiser_prestage(cfg.get("denoiser"))
     # The checkpoint stores the plain network's config; the speed options are applied here.
     model_config, speed = split_speed_options(OmegaConf.to_container(cfg.model, resolve=True))
+    check_loss_fits_data(OmegaConf.to_container(cfg.loss, resolve=True), datamodule)
     return SegmentationModule(
-        net=accelerate(hydra.utils.instantiate(model_config), **speed),
+        net=accelerate(build_network(model_config), **speed),
         loss=hydra.utils.instantiate(cfg.loss),
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
@@ -41,6 +46,69 @@ def build_segmentation_module(
             "slice_column": datamodule.slice_column,
         },
     )
+
+
+def _choice(group: str, default: str) -> str:
+    """``group=<choice>`` as the user wrote it, where Hydra knows it."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return f"{group}={choice}"
+    return default
+
+
+def _loss_modes(node) -> set[str]:
+    """multiclass / multilabel, as the loss config's smp ``mode`` keys and torch targets say."""
+    modes = set()
+    if isinstance(node, dict):
+        if node.get("mode") in ("multiclass", "multilabel", "binary"):
+            modes.add("multilabel" if node["mode"] == "binary" else node["mode"])
+        target = str(node.get("_target_", ""))
+        if target.endswith(("CrossEntropyLoss", "NLLLoss")):
+            modes.add("multiclass")
+        if target.endswith(("BCEWithLogitsLoss", "BCELoss")):
+            modes.add("multilabel")
+        for value in node.values():
+            modes |= _loss_modes(value)
+    elif isinstance(node, list):
+        for value in node:
+            modes |= _loss_modes(value)
+    return modes
+
+
+def check_loss_fits_data(loss_config: dict, datamodule: SegmentationDataModule) -> None:
+    """One line, before a library fails deep inside: a softmax loss on multi-label data
+    (overlapping classes) or a sigmoid loss on label maps."""
+    multilabel = datamodule.class_set.multilabel
+    wrong = "multiclass" if multilabel else "multilabel"
+    if wrong in _loss_modes(loss_config):
+        data, loss = _choice("data", "this data"), _choice("loss", "the loss")
+        if multilabel:
+            raise ValueError(
+                f"{data} is multi-label (its classes overlap): {loss} is single-label; "
+                "use loss=bce_dice (or another multi-label loss)"
+            )
+        raise ValueError(
+            f"{data} has one label per pixel: {loss} is multi-label; use loss=dice_ce "
+            "(or another softmax loss)"
+        )
+
+
+def build_network(model_config: dict) -> nn.Module:
+    """The network; a key the model's class does not take (set for another model, e.g. by an
+    experiment, before ``model=`` swapped it) named in one line."""
+    try:
+        return hydra.utils.instantiate(model_config)
+    except InstantiationException as error:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if unexpected is None:
+            raise
+        key, target = unexpected.group(1), model_config.get("_target_")
+        raise ValueError(
+            f"{_choice('model', 'the model')} ({target}) takes no model.{key}: it was set for "
+            f"another model (by the experiment, or an override); drop it with ~model.{key}, "
+            "or keep the experiment's model"
+        ) from error
 
 
 def denoiser_prestage(cfg: DictConfig | None) -> tuple[nn.Module | None, dict | None]:

@@ -110,7 +110,7 @@ def test_the_seed_changes_the_split_and_the_same_seed_repeats_it():
         (5, 5, r"fold=5 is out of range for n_folds=5: expected 0\.\.4"),
         (5, -1, r"fold=-1 is out of range"),
         (2, 0, "need at least 3 folds"),
-        (80, 0, "75 subject groups cannot fill 80 folds"),
+        (80, 0, "75 subject groups cannot fill data.n_folds=80 folds"),
     ],
 )
 def test_bad_fold_parameters_are_named(n_folds, fold, message):
@@ -217,3 +217,19 @@ def test_splits_is_indexed_by_split_name():
     assert [splits[s] for s in SPLIT_NAMES] == [("a",), ("b",), ("c",)]
     with pytest.raises(KeyError, match="unknown split 'dev'"):
         splits["dev"]
+
+
+def test_strata_all_smaller_than_the_folds_are_named_with_the_settings_to_change():
+    """scikit-learn's "n_splits=5 cannot be greater than the number of members in each
+    class" (every plane with fewer images than folds) as one line naming the fix."""
+    rows = pd.DataFrame(
+        {
+            "image": [f"i{k}.png" for k in range(6)],
+            "subject": [f"s{k}" for k in range(6)],
+            "plane": ["a", "a", "a", "b", "b", "b"],
+        }
+    )
+    with pytest.raises(
+        ValueError, match=r"plane stratum .*a: 3, b: 3.*data.n_folds=3 or data.stratify_column=null"
+    ):
+        make_splits(rows, n_folds=5, fold=0, seed=0, stratify_column="plane")

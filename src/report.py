@@ -65,6 +65,7 @@ class Comparison:
     folds: list[int]
     differences: list[float]  # first - second, per shared fold
     p_value: float
+    not_paired: str = ""  # why no test was made (the settings' folds are not the same splits)
 
     @property
     def smallest_p(self) -> float:
@@ -146,9 +147,14 @@ def build_report(dirs: Sequence[Path]) -> Report:
     common, labels = _label_settings(settings)
     columns = _metric_columns(classes)
     per_fold = pd.DataFrame(
-        [{"setting": labels[j.setting], "fold": j.fold} | job_metrics(j.summary) for j in finished],
-        columns=["setting", "fold", *columns],
+        [
+            {"setting": labels[j.setting], "fold": j.fold, "split": j.split}
+            | job_metrics(j.summary)
+            for j in finished
+        ],
+        columns=["setting", "fold", "split", *columns],
     ).sort_values(["setting", "fold"], ignore_index=True)
+    splits = per_fold.pivot(index="fold", columns="setting", values="split")
     # Head-circumference and volume columns only where some run has them.
     optional = (*BIOMETRY_COLUMNS, *VOLUME_COLUMNS)
     columns = [c for c in columns if c not in optional or per_fold[c].notna().any()]
@@ -159,7 +165,7 @@ def build_report(dirs: Sequence[Path]) -> Report:
     table.insert(0, "folds", per_fold.groupby("setting", sort=False)["fold"].agg(_fold_list))
     table.insert(0, "n_folds", per_fold.groupby("setting", sort=False)["fold"].count())
 
-    comparisons, against_best_only = paired_comparisons(per_fold, table)
+    comparisons, against_best_only = paired_comparisons(per_fold, table, splits)
     studies = {Path(d): t for d in dirs if (t := study_trials(Path(d))) is not None}
     return Report(
         list(dirs), jobs, classes, common, per_fold, table, comparisons, against_best_only, studies
@@ -215,11 +221,14 @@ def _fold_list(folds: pd.Series) -> str:
 
 
 def paired_comparisons(
-    per_fold: pd.DataFrame, table: pd.DataFrame
+    per_fold: pd.DataFrame, table: pd.DataFrame, splits: pd.DataFrame | None = None
 ) -> tuple[list[Comparison], bool]:
     """Wilcoxon signed-rank tests of ``PAIRED_METRIC`` on the folds two settings share (at
-    least 2). All pairs up to ``MAX_SETTINGS_FOR_ALL_PAIRS`` settings, else each against the
-    best; the second return value says which."""
+    least 2): the same fold of the same split (``splits``: per fold and setting, the job's
+    split identity, ``src.runs.Job.split``); a fold whose jobs were trained and tested on
+    different images (another data.seed, other data) is not a pair. All pairs up to
+    ``MAX_SETTINGS_FOR_ALL_PAIRS`` settings, else each against the best; the second return
+    value says which. A pair left without a test says why (``Comparison.not_paired``)."""
     scores = per_fold.pivot(index="fold", columns="setting", values=PAIRED_METRIC)
     settings = list(table.index)
     best = table[f"{PAIRED_METRIC}_mean"].idxmax()
@@ -231,6 +240,25 @@ def paired_comparisons(
     comparisons = []
     for first, second in pairs:
         shared = scores[[first, second]].dropna()
+        if splits is not None and len(shared):
+            same = splits.loc[shared.index, first] == splits.loc[shared.index, second]
+            same &= splits.loc[shared.index, first].notna()
+            if not same.all():
+                differing = [int(f) for f in shared.index[~same]]
+                shared = shared[same]
+                if len(shared) < 2:
+                    comparisons.append(
+                        Comparison(
+                            first,
+                            second,
+                            [],
+                            [],
+                            math.nan,
+                            not_paired=f"fold(s) {differing} were split differently (another "
+                            "data.seed, data or splits_file; or no splits.json): not pairs",
+                        )
+                    )
+                    continue
         if len(shared) < 2:
             continue
         differences = shared[first] - shared[second]
@@ -372,9 +400,16 @@ def _comparison_section(report: Report) -> list[str]:
             f"{c.smallest_p:.3g}",
         ]
         for c in report.comparisons
+        if not c.not_paired
     ]
     header = ["first", "second", "difference per fold", "mean", "p", "smallest possible p"]
-    return lines + [_markdown_table(header, rows), ""]
+    lines += [_markdown_table(header, rows), ""] if rows else []
+    unpaired = [c for c in report.comparisons if c.not_paired]
+    if unpaired:
+        lines += ["Not compared (no p-value):", ""]
+        lines += [f"- {c.first} vs {c.second}: {c.not_paired}" for c in unpaired]
+        lines.append("")
+    return lines
 
 
 def _cell(column: str, row: pd.Series) -> str:

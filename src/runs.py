@@ -18,6 +18,7 @@ pandas, OmegaConf and Hydra's override parser only, so every layer of ``src`` ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -264,6 +265,9 @@ class Job:
     status: str  # finished | failed | unfinished
     summary: dict | None = None
     note: str = ""
+    # What identifies the images of its train/val/test split (a hash of its splits.json;
+    # None without one): two settings' folds are paired only where these are equal.
+    split: str | None = None
 
 
 def find_jobs(dirs: Sequence[Path]) -> list[Job]:
@@ -302,7 +306,11 @@ def read_job(path: Path) -> Job:
     setting = tuple(sorted((k, v) for k, v in pairs.items() if not _is_not_a_setting(k)))
     status = job_status(path)
     summary = read_summary(run_summary_path(path)) if status == "finished" else None
-    return Job(path, overrides, setting, _as_fold(fold, path), status, summary)
+    split_file = splits_path(path)
+    split = (
+        hashlib.sha256(split_file.read_bytes()).hexdigest()[:16] if split_file.is_file() else None
+    )
+    return Job(path, overrides, setting, _as_fold(fold, path), status, summary, split=split)
 
 
 def _is_not_a_setting(key: str) -> bool:

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 from scipy.stats import wilcoxon
 
-from src.report import build_report, main, write_report
+from src.report import build_report, main, render_markdown, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["brain", "csp", "lv"]
@@ -57,6 +57,10 @@ def make_job(
         (job / "FAILED").touch()
     if result is not None:
         (job / "config_resolved.yaml").write_text("data:\n  fold: 0\n")
+        # The split as src.train writes it: the same for the same fold and data.seed.
+        values = dict(o.split("=", 1) for o in overrides if "=" in o)
+        split = {"fold": values.get("data.fold", "0"), "seed": values.get("data.seed", "0")}
+        (job / "splits.json").write_text(json.dumps(split))
         (job / "checkpoints").mkdir()
         (job / "checkpoints" / "summary.json").write_text(json.dumps(result))
     return job
@@ -286,3 +290,22 @@ def test_module_entry_point(sweep: Path) -> None:
 
 def _brain_only(value: float) -> dict:
     return summary({"brain": value}, classes=["brain"])
+
+
+def test_settings_split_differently_are_not_paired(tmp_path: Path) -> None:
+    """data.seed=0 against data.seed=1: fold k of each holds other test images, so the folds
+    are no pairs: no p-value, and the report says why."""
+    for num, (seed, fold, brain) in enumerate(
+        [(0, 0, 0.90), (0, 1, 0.91), (0, 2, 0.92), (1, 0, 0.80), (1, 1, 0.81), (1, 2, 0.82)]
+    ):
+        make_job(
+            tmp_path,
+            num,
+            [f"data.seed={seed}", f"data.fold={fold}"],
+            result=summary(dice(brain, brain, brain)),
+        )
+    report = build_report([tmp_path])
+    (comparison,) = report.comparisons
+    assert comparison.not_paired and math.isnan(comparison.p_value)
+    text = render_markdown(report, "report.png")
+    assert "Not compared (no p-value)" in text and "split differently" in text

@@ -247,7 +247,9 @@ def test_predict_on_a_test_set_folder_writes_the_submission(hc18_run, tmp_path):
     with (tmp_path / "out" / SUBMISSION_CSV).open(newline="") as f:
         submission = list(csv.reader(f))
     assert tuple(submission[0]) == SUBMISSION_COLUMNS
-    assert [r[0] for r in submission[1:]] == ["084_HC.png", "182_HC.png"]
+    # Every scan has a row: the one missing from the CSV with empty cells, not dropped.
+    assert [r[0] for r in submission[1:]] == ["084_HC.png", "182_HC.png", "224_HC.png"]
+    assert submission[3][1:] == [""] * 5
     with pytest.raises(ValueError, match="not both"):
         predict(
             hc18_run / "checkpoints" / "epoch_000.ckpt",

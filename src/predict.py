@@ -358,6 +358,13 @@ def predict(
 
 @hydra.main(config_path=src.CONF_DIR, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    missing = [key for key in ("ckpt_path", "input", "out_dir") if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise SystemExit(
+            f"error: {', '.join(missing)} not given: python -m src.predict "
+            "ckpt_path=<file.ckpt, [a.ckpt,b.ckpt] or a package folder> input=<image or folder> "
+            "out_dir=<folder>"
+        )
     config = OmegaConf.to_container(cfg, resolve=True)  # plain values: a [row, col] list
     predict(
         config["ckpt_path"],

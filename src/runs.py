@@ -84,8 +84,11 @@ def summary_path(directory: Path) -> Path:
 
 
 def run_summary_path(run_dir: Path) -> Path:
-    """The summary.json of a training run's best checkpoint."""
-    return summary_path(checkpoints_dir(run_dir))
+    """The summary.json of a training run's best checkpoint; of a run without a checkpoint
+    (``trainer.fast_dev_run``: its test is of the last weights), the one at its root."""
+    best = summary_path(checkpoints_dir(run_dir))
+    root = summary_path(Path(run_dir))
+    return root if not best.is_file() and root.is_file() else best
 
 
 def per_image_path(directory: Path) -> Path:

@@ -17,6 +17,7 @@ import rich.syntax
 import rich.tree
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
@@ -182,8 +183,11 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
                 # error in one line and where the traceback is (all of it with
                 # HYDRA_FULL_ERROR=1).
                 log_files = log_traceback(full=os.environ.get("HYDRA_FULL_ERROR") == "1")
-                message = (str(error).splitlines() or [""])[0]  # OmegaConf adds key details
-                print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
+                shown = error
+                if isinstance(error, InstantiationException) and error.__cause__ is not None:
+                    shown = error.__cause__  # the target's own error, not Hydra's wrapper
+                message = (str(shown).splitlines() or [""])[0]  # OmegaConf adds key details
+                print(f"error: {type(shown).__name__}: {message}", file=sys.stderr)
                 if log_files:
                     print(f"full traceback: {', '.join(map(str, log_files))}", file=sys.stderr)
                 raise SystemExit(1) from error
@@ -200,19 +204,23 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
 
 
 def log_traceback(full: bool = False) -> list[Path]:
-    """Log the exception being handled as a failed run: into the log files only (the files
-    it went to are returned), or everywhere with ``full``. ``src.runs.job_status`` looks for
-    ``FAILED_LOG_LINE`` in the log."""
-    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    if full or not files:
+    """Log the exception being handled as a failed run (``FAILED_LOG_LINE``, which
+    ``src.runs.job_status`` looks for, and the traceback): to every handler but the console
+    ones (the log file, a test's capture), or to all of them with ``full``. Returns the log
+    files it went to."""
+    handlers = logging.getLogger().handlers
+    files = [Path(h.baseFilename) for h in handlers if isinstance(h, logging.FileHandler)]
+    if full:
         log.exception(FAILED_LOG_LINE)
-        return [Path(h.baseFilename) for h in files]
+        return files
     record = log.makeRecord(
         log.name, logging.ERROR, __file__, 0, FAILED_LOG_LINE, None, sys.exc_info()
     )
-    for handler in files:
-        handler.handle(record)
-    return [Path(h.baseFilename) for h in files]
+    for handler in handlers:
+        # A plain StreamHandler is a console; files and capture handlers subclass it.
+        if type(handler) is not logging.StreamHandler and record.levelno >= handler.level:
+            handler.handle(record)
+    return files
 
 
 # What lightning_fabric's _SubprocessScriptLauncher sets in the launching process.

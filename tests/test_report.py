@@ -309,3 +309,12 @@ def test_settings_split_differently_are_not_paired(tmp_path: Path) -> None:
     assert comparison.not_paired and math.isnan(comparison.p_value)
     text = render_markdown(report, "report.png")
     assert "Not compared (no p-value)" in text and "split differently" in text
+
+
+def test_a_fast_dev_run_job_with_its_summary_at_the_root_is_finished(tmp_path: Path) -> None:
+    """trainer.fast_dev_run saves no checkpoint: the test's summary.json is at the run root."""
+    job = make_job(tmp_path, 0, ["data.fold=0"], result=summary(dice(0.9, 0.8, 0.7)))
+    (job / "checkpoints" / "summary.json").rename(job / "summary.json")
+    (job / "checkpoints").rmdir()
+    report = build_report([tmp_path])
+    assert [j.status for j in report.jobs] == ["finished"] and len(report.table) == 1

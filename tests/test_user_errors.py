@@ -99,3 +99,42 @@ def test_a_gpu_trainer_without_a_gpu(tmp_path):
         pytest.skip("this machine has a GPU")
     done = _train("+experiment=unet_dice", "trainer=gpu", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     _one_error(done)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [(b"not a checkpoint at all", "not a checkpoint"), (b"", "not a checkpoint")],
+)
+def test_a_file_that_is_not_a_checkpoint(tmp_path, content, expected):
+    from src.inference.checkpoint import load_model
+
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        load_model(path)
+    assert expected in str(error.value) and "\n" not in str(error.value)
+    assert "weights_only" not in str(error.value)
+
+
+def test_predict_without_its_mandatory_keys(tmp_path):
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "src.predict", f"out_dir={tmp_path}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "error: ckpt_path, input not given: python -m src.predict ckpt_path=<file.ckpt, "
+        "[a.ckpt,b.ckpt] or a package folder> input=<image or folder> out_dir=<folder>"
+    ]
+
+
+def test_a_scalar_image_size(tmp_path):
+    done = _train(
+        "+experiment=unet_dice", "data.image_size=128", f"hydra.run.dir={tmp_path}", cwd=tmp_path
+    )
+    _one_error(done, "data.image_size must be [height, width], got 128")

@@ -211,8 +211,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         # it: per-volume metrics and neighbouring-slice context use them; None: 2D images.
         self.volume_column = volume_column
         self.slice_column = slice_column
-        if len(image_size) != 2:
-            raise ValueError(f"data.image_size must be [height, width], got {list(image_size)}")
+        if isinstance(image_size, int | float | str) or len(image_size) != 2:
+            shown = image_size if isinstance(image_size, int | float | str) else list(image_size)
+            raise ValueError(
+                f"data.image_size must be [height, width], got {shown} "
+                "(e.g. data.image_size=[128,128])"
+            )
         self.root = Path(root)
         self.cache_dir = Path(cache_dir)
         self.image_size = (int(image_size[0]), int(image_size[1]))

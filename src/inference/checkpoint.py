@@ -120,9 +120,11 @@ def _read_checkpoint(path: Path, map_location, key: str, keys: Sequence[str], wr
         raise FileNotFoundError(f"checkpoint {path} not found (expected a .ckpt file)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    except pickle.UnpicklingError as error:  # torch's advice about unsafe loads not repeated
+        raise ValueError(f"{path}: not a checkpoint (torch cannot unpickle it safely)") from error
+    except Exception as error:  # a truncated or foreign file fails in many ways
         raise ValueError(
-            f"{path} cannot be read as a torch checkpoint with weights_only=True: {error}"
+            f"{path}: not a checkpoint (torch.load failed: {type(error).__name__})"
         ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")

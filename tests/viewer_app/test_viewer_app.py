@@ -242,7 +242,7 @@ def _three_channel_checkpoint(path: Path) -> Path:
     "make, message",
     [
         (lambda folder: folder / "missing.ckpt", "not found"),
-        (lambda folder: _text_file(folder / "notes.ckpt"), "cannot be read as a torch checkpoint"),
+        (lambda folder: _text_file(folder / "notes.ckpt"), "not a checkpoint"),
         (
             lambda folder: _lightning_checkpoint_without_payload(folder / "plain.ckpt"),
             "has no 'sonoseg' entry",

@@ -33,6 +33,7 @@ from src.data.splits import SPLIT_NAMES, data_fingerprint, selected_rows, splits
 from src.evaluation.evaluate import evaluate_split
 from src.evaluation.records import evaluation_summary, write_evaluation
 from src.inference.checkpoint import load_model
+from src.inference.quality import evaluated_settings
 from src.runs import SPLITS_JSON, read_summary, run_dir_of, splits_path, summary_path
 from src.utils import task_wrapper
 
@@ -64,7 +65,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         splits,
         image_size=restored.image_size,
         multilabel=restored.multilabel,
-        tta=bool(cfg.tta),
+        tta=bool(evaluated_settings([restored.checkpoint_path])["tta_flip"])
+        if cfg.tta is None
+        else bool(cfg.tta),
         robust_biometry=bool(cfg.robust_biometry),
         postprocess=postprocess,
         quality_threshold=threshold,

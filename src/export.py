@@ -40,9 +40,9 @@ from src.inference.package import (
     SIDECAR,
     load_package,
 )
-from src.inference.quality import checkpoint_threshold
+from src.inference.quality import checkpoint_threshold, evaluated_settings
 from src.inference.views import IDENTITY, labels_from_logits
-from src.runs import read_summary, summary_path
+from src.runs import summary_path
 from src.visualize import class_colours
 
 log = logging.getLogger(__name__)
@@ -65,26 +65,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def recorded_settings(paths: list[Path]) -> dict:
-    """What the checkpoint's summary.json recorded of its evaluation (one checkpoint; {} for
-    an ensemble or a checkpoint never evaluated): ``settings`` (flips) and ``postprocess``."""
-    if len(paths) != 1:
-        return {}
-    path = summary_path(paths[0].parent)
-    return read_summary(path, required=()) if path.is_file() else {}
-
-
 def resolve_auto(paths: list[Path], tta_flip, postprocess) -> tuple[bool, dict | None]:
-    """``auto`` settings as the checkpoint was evaluated with, with a warning where nothing
-    was recorded (an ensemble, or a checkpoint never evaluated): no flips, no rules."""
-    recorded = recorded_settings(paths)
+    """``auto`` settings as the checkpoint was evaluated with (``evaluated_settings``), with
+    a warning where nothing was recorded (an ensemble, or a checkpoint never evaluated): no
+    flips, no rules."""
+    recorded = evaluated_settings(paths)
     where = summary_path(paths[0].parent) if len(paths) == 1 else "an ensemble"
     if tta_flip == "auto":
-        tta_flip = (recorded.get("settings") or {}).get("tta_flip")
+        tta_flip = recorded["tta_flip"]
         if tta_flip is None:
             log.warning("tta_flip=auto: %s records no flips setting; exporting without", where)
     if postprocess == "auto":
-        postprocess = (recorded.get("postprocess") or {}).get("rules")
+        postprocess = recorded["rules"]
         if not postprocess:
             log.warning("postprocess=auto: %s records no rules; exporting without", where)
     return bool(tta_flip), postprocess or None

@@ -54,6 +54,7 @@ from src.ellipse import ELLIPSE_FIELDS
 from src.inference.images import list_inputs, read_image
 from src.inference.measure import Segmenter, predict_biometry
 from src.inference.package import is_package, load_segmenter, recorded_threshold
+from src.inference.quality import evaluated_settings
 from src.visualize import biometry_overlay
 
 log = logging.getLogger(__name__)
@@ -281,15 +282,25 @@ def predict(
     """Load the checkpoint (or several, averaged as an ``Ensemble``: e.g. the models of a
     cross-validation's folds), or an exported package folder (``src.export``: no PyTorch
     needed), and predict one image or a folder (see the module docstring). ``tta_flip`` and
-    ``rules`` None: the package's recorded settings (a checkpoint: no flip, no rules).
+    ``rules`` None: as the model was scored (a package's recorded settings, a checkpoint's
+    summary.json; else no flips, no rules).
     A UW-Madison GI model (its class set's ``competition_metric``) takes a raw scan layout
     instead and writes masks and the competition's submission CSV
     (``src.inference.volume``)."""
     model, quality_threshold = _load(ckpt_path, device)
+    # Unless told otherwise, the model is used as it was scored: a package's recorded
+    # settings, a checkpoint's evaluation (its summary.json), else no flips and no rules.
+    paths = [ckpt_path] if isinstance(ckpt_path, str | Path) else list(ckpt_path)
+    recorded = (
+        {"tta_flip": model.tta_flip, "rules": model.postprocess}
+        if is_package(model.checkpoint_path)
+        else evaluated_settings(paths)
+    )
     if tta_flip is None:
-        tta_flip = getattr(model, "tta_flip", False)
+        tta_flip = bool(recorded["tta_flip"])
     if rules is None:
-        rules = getattr(model, "postprocess", None)
+        rules = recorded["rules"]
+    log.info("flips: %s; post-processing: %s", tta_flip, rules or "none")
     class_set = class_set_for(model.class_names)
     if class_set is not None and class_set.competition_metric == "uwmgi":
         if is_package(model.checkpoint_path):

@@ -84,10 +84,14 @@ def summary_path(directory: Path) -> Path:
 
 
 def run_summary_path(run_dir: Path) -> Path:
-    """The summary.json of a training run's best checkpoint; of a run without a checkpoint
-    (``trainer.fast_dev_run``: its test is of the last weights), the one at its root."""
-    best = summary_path(checkpoints_dir(run_dir))
-    root = summary_path(Path(run_dir))
+    """The summary.json of a training run's best checkpoint."""
+    return summary_path(checkpoints_dir(run_dir))
+
+
+def job_summary_path(job_dir: Path) -> Path:
+    """A job's test summary: its best checkpoint's, or for a run without a checkpoint
+    (``trainer.fast_dev_run``: the last weights are tested) the one at its root."""
+    best, root = run_summary_path(job_dir), summary_path(Path(job_dir))
     return root if not best.is_file() and root.is_file() else best
 
 
@@ -248,7 +252,7 @@ def job_status(job_dir: Path) -> str:
     *unfinished*."""
     if failed_marker_path(job_dir).exists():
         return "failed"
-    if run_summary_path(job_dir).is_file():
+    if job_summary_path(job_dir).is_file():
         return "finished"
     logs = job_dir.glob("*.log")
     if any(FAILED_LOG_LINE in file.read_text(errors="replace") for file in logs):
@@ -308,7 +312,7 @@ def read_job(path: Path) -> Job:
         fold = _configured_fold(path)
     setting = tuple(sorted((k, v) for k, v in pairs.items() if not _is_not_a_setting(k)))
     status = job_status(path)
-    summary = read_summary(run_summary_path(path)) if status == "finished" else None
+    summary = read_summary(job_summary_path(path)) if status == "finished" else None
     split_file = splits_path(path)
     split = (
         hashlib.sha256(split_file.read_bytes()).hexdigest()[:16] if split_file.is_file() else None

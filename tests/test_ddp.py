@@ -95,6 +95,9 @@ def test_ddp_tests_every_image_once(ddp_run):
     assert len(test_ids) % 2 == 1
     assert [row["id"] for row in summary["per_image"]] == test_ids
     assert summary["num_images"] == len(test_ids)
+    # The trainer's own test pass (the one that sees the DDP sampler) scored each image once:
+    # a padding sampler would score len + 1 (test_a_padding_sampler_would_score_one_twice).
+    assert summary["training_resolution"]["num_images"] == len(test_ids)
     assert summary["checkpoint"] == str(ddp_run / "checkpoints" / "epoch_000.ckpt")
     assert summary["training"]["epochs_run"] == 1
 
@@ -207,3 +210,19 @@ def _data_config(phantom_raw: Path, tmp_path: Path):
             ],
         )
     return cfg.data
+
+
+def test_a_padding_sampler_would_score_one_twice():
+    """Why the count above fails by construction under Lightning's default padding sampler:
+    with 3 test images over 2 processes it hands out 4 (one image twice), the sampler this
+    project uses for val and test hands out 3."""
+    from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+    from torch.utils.data import DistributedSampler
+
+    images = list(range(3))
+
+    def handed_out(sampler_class) -> list[int]:
+        return [i for rank in range(2) for i in sampler_class(images, 2, rank, shuffle=False)]
+
+    assert sorted(handed_out(DistributedSampler)) == [0, 0, 1, 2]
+    assert sorted(handed_out(UnrepeatedDistributedSampler)) == [0, 1, 2]

@@ -283,3 +283,24 @@ def test_test_or_val_split_of_other_data_is_refused(tiny_trained_run, tmp_path, 
         evaluate_checkpoint(cfg)
     assert "is not the data epoch_" in caplog.text and "Use split=all" in caplog.text
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_re_evaluation_uses_the_checkpoints_own_settings(tiny_run, phantom_raw, tmp_path):
+    """A run tested after training with flips: src.eval with its defaults flips too (the
+    checkpoint's summary.json says so) and gives the same per-image scores."""
+    run_dir = tmp_path / "run"
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        train(compose("train", [*tiny_run, "eval.tta=true", f"paths.output_dir={run_dir}"]))
+    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    after_training = json.loads((run_dir / "checkpoints" / "summary.json").read_text())
+    out_dir = tmp_path / "again"
+    cfg = _eval_config(best, phantom_raw, tmp_path / "prepared", out_dir, "test")
+    assert cfg.tta is None
+    evaluate_checkpoint(cfg)
+    again = json.loads((out_dir / "summary.json").read_text())
+    assert again["settings"]["tta_flip"] is True
+
+    def dice(summary: dict) -> dict:
+        return {row["id"]: row["dice_brain"] for row in summary["per_image"]}
+
+    assert dice(again) == pytest.approx(dice(after_training), nan_ok=True)

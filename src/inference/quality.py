@@ -96,3 +96,21 @@ def checkpoint_threshold(ckpt_paths: Sequence[str | Path]) -> float | None:
             return None
         thresholds.append(float(threshold))
     return float(np.median(thresholds))
+
+
+def evaluated_settings(ckpt_paths: Sequence[str | Path]) -> dict:
+    """How the checkpoint was evaluated, from the summary.json beside it: ``tta_flip`` and
+    the post-processing ``rules`` it chose (each None where nothing was recorded: an
+    ensemble, or a checkpoint never evaluated). The defaults of src.eval, src.predict and
+    src.export, so that a checkpoint is used as it was scored."""
+    if len(ckpt_paths) != 1:
+        return {"tta_flip": None, "rules": None}
+    path = summary_path(Path(ckpt_paths[0]).parent)
+    try:
+        recorded = read_summary(path, required=()) if path.is_file() else {}
+    except (OSError, ValueError):
+        recorded = {}
+    return {
+        "tta_flip": (recorded.get("settings") or {}).get("tta_flip"),
+        "rules": (recorded.get("postprocess") or {}).get("rules") or None,
+    }

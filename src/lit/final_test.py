@@ -64,6 +64,9 @@ def test_best_checkpoint(
         training=training,
         training_resolution={
             "image_size": list(datamodule.image_size),
+            # Images the trainer's test pass scored, over all processes: the split's size
+            # unless a sampler repeated some (tests/test_ddp.py).
+            "num_images": len(module.test_summary["per_image"]),
             "mean": {k: v for k, v in training_size.items() if k.endswith("_mean")},
             "per_class": {
                 name: {m: training_size.get(f"{m}_{name}") for m in ("dice", "iou")}

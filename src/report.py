@@ -22,8 +22,11 @@ Every job folder (one holding ``.hydra/overrides.yaml``) under the given dirs is
 
 Per setting: mean and sample standard deviation (ddof=1) over its folds of every column.
 Paired comparisons of ``dice_mean`` (Wilcoxon signed-rank test on the folds two settings both
-finished, at least 2): every pair up to 5 settings, else each setting against the best. With
-n folds an exact two-sided test cannot go below p = 2/2^n; the report says so.
+finished with the same split, at least 2: their jobs' ``splits.json`` are equal, so another
+``data.seed``, other data or another splits file is no pair, and the report says why): every
+pair up to 5 settings, else each setting against the best. With n folds an exact two-sided
+test cannot go below p = 2/2^n; the report says so. A sweep folder with an Optuna study record
+(``optuna_study.yaml``) also gets the study's trials.
 
 The report is written to ``out_dir`` (default: the first dir). Existing report files there
 are never replaced unless ``overwrite=true``: the command refuses before writing anything.

@@ -315,9 +315,25 @@ def render_markdown(report: Report, png_name: str) -> str:
             cells.append(f"**{cell}**" if setting in _best(table, column) else cell)
         rows.append(cells)
     by_status = {s: [j for j in report.jobs if j.status == s] for s in ("failed", "unfinished")}
+    synthetic = sum(j.synthetic for j in report.jobs)
+    title = "# Sweep report"
+    if synthetic:
+        title += (
+            " (SYNTHETIC data)" if synthetic == len(report.jobs) else " (partly SYNTHETIC data)"
+        )
     lines = [
-        "# Sweep report",
+        title,
         "",
+        *(
+            [
+                f"{synthetic} of {len(report.jobs)} jobs were trained and tested on a generated "
+                "record (the data config's synthetic source, e.g. the phantom): their scores "
+                "show that the pipeline learns, not how it does on real scans.",
+                "",
+            ]
+            if synthetic
+            else []
+        ),
         f"Sources: {', '.join(f'`{s}`' for s in report.sources)}. "
         f"Jobs: {len(report.jobs) - sum(map(len, by_status.values()))} finished, "
         f"{len(by_status['failed'])} failed, {len(by_status['unfinished'])} unfinished.",

@@ -275,6 +275,8 @@ class Job:
     # What identifies the images of its train/val/test split (a hash of its splits.json;
     # None without one): two settings' folds are paired only where these are equal.
     split: str | None = None
+    # Trained on a generated record (data.root is the data config's synthetic.root).
+    synthetic: bool = False
 
 
 def find_jobs(dirs: Sequence[Path]) -> list[Job]:
@@ -317,11 +319,34 @@ def read_job(path: Path) -> Job:
     split = (
         hashlib.sha256(split_file.read_bytes()).hexdigest()[:16] if split_file.is_file() else None
     )
-    return Job(path, overrides, setting, _as_fold(fold, path), status, summary, split=split)
+    return Job(
+        path,
+        overrides,
+        setting,
+        _as_fold(fold, path),
+        status,
+        summary,
+        split=split,
+        synthetic=_trained_on_synthetic_data(path),
+    )
 
 
 def _is_not_a_setting(key: str) -> bool:
     return any(key == k or key.startswith((f"{k}.", f"{k}/")) for k in NOT_A_SETTING)
+
+
+def _trained_on_synthetic_data(path: Path) -> bool:
+    """Whether the job's resolved config read its data from the data config's synthetic
+    source (a phantom or another generated record)."""
+    config_file = resolved_config_path(path)
+    if not config_file.is_file():
+        return False
+    data = OmegaConf.select(OmegaConf.load(config_file), "data", default=None) or {}
+    synthetic_root = OmegaConf.select(data, "synthetic.root", default=None)
+    root = data.get("root") if hasattr(data, "get") else None
+    return bool(synthetic_root and root) and Path(str(root)).resolve() == Path(
+        str(synthetic_root)
+    ).resolve()
 
 
 def _configured_fold(path: Path):

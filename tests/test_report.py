@@ -318,3 +318,22 @@ def test_a_fast_dev_run_job_with_its_summary_at_the_root_is_finished(tmp_path: P
     (job / "checkpoints").rmdir()
     report = build_report([tmp_path])
     assert [j.status for j in report.jobs] == ["finished"] and len(report.table) == 1
+
+
+def test_a_report_on_synthetic_data_says_so_in_its_title(tmp_path: Path) -> None:
+    job = make_job(tmp_path, 0, ["data.fold=0"], result=summary(dice(0.9, 0.8, 0.7)))
+    phantom = tmp_path / "phantom"
+    (job / "config_resolved.yaml").write_text(
+        yaml.safe_dump({"data": {"root": str(phantom), "synthetic": {"root": str(phantom)}}})
+    )
+    real = make_job(tmp_path, 1, ["data.fold=1"], result=summary(dice(0.9, 0.8, 0.7)))
+    assert not read_job_synthetic(real)
+    text = render_markdown(build_report([tmp_path]), "report.png")
+    assert text.startswith("# Sweep report (partly SYNTHETIC data)")
+    assert "1 of 2 jobs were trained and tested on a generated record" in text
+
+
+def read_job_synthetic(job: Path) -> bool:
+    from src.runs import read_job
+
+    return read_job(job).synthetic

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -48,6 +49,8 @@ from src.inference.views import labels_from_logits, tta_views
 from src.metrics import per_image_scores, summarize
 
 log = logging.getLogger(__name__)
+# A progress line at most this often while images are predicted at their original size.
+PROGRESS_EVERY_S = 20.0
 
 # Tried per class by ``postprocess="auto"``; a class keeps the one that raises its mean
 # validation Dice most, or none.
@@ -92,7 +95,17 @@ def predict_rows(
     prediction_views = tta_views(tta_flip)
     views = QUALITY_VIEWS if quality else prediction_views
     assert views[: len(prediction_views)] == prediction_views
-    for row in rows.to_dict("records"):
+    records = rows.to_dict("records")
+    started = last_said = time.monotonic()
+    for done, row in enumerate(records):
+        if time.monotonic() - last_said > PROGRESS_EVERY_S:  # minutes pass on a CPU
+            last_said = time.monotonic()
+            log.info(
+                "predicting at the original size: %d/%d images (%.0f s)",
+                done,
+                len(records),
+                last_said - started,
+            )
         image, truth = read_original(prepared_dir, row, in_channels)
         if channels_of is not None:
             image = stack_channels(

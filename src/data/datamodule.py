@@ -32,7 +32,18 @@ from src.data.classes import from_bitmask
 from src.data.context import context_ids, stack_channels
 from src.data.gpu_augment import DevicePath, GpuAugment
 from src.data.images import image_array
-from src.data.prepared import Reader, build_dir_atomically, locked, read_index, why_outdated
+from src.data.prepared import (
+    Reader,
+    build_dir_atomically,
+    copy_versions,
+    hold_copy,
+    in_use_elsewhere,
+    locked,
+    next_version,
+    read_index,
+    remove_unused_versions,
+    why_outdated,
+)
 from src.data.splits import (
     SPLIT_NAMES,
     PreparedSplit,
@@ -246,6 +257,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             )
         self._split: PreparedSplit | None = None
         self._datasets: dict[str, CachedSegmentationDataset] = {}
+        self._prepared_dir: Path | None = None  # the version in use, once prepared
+        self._hold = None  # the shared lock that says this process uses it (hold_copy)
+
+    def __getstate__(self) -> dict:
+        """Picklable (worker processes, copies): the hold stays with this process."""
+        return {**self.__dict__, "_hold": None}
 
     @property
     def num_classes(self) -> int:
@@ -256,10 +273,19 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self.class_set.names
 
     @property
-    def prepared_dir(self) -> Path:
+    def base_prepared_dir(self) -> Path:
         """Keyed by the resolved root, so two records with the same folder name do not mix."""
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:10]
         return self.cache_dir / f"{self.root.name}-{digest}"
+
+    @property
+    def prepared_dir(self) -> Path:
+        """The prepared copy this DataModule uses (after ``prepare_record``), else the newest
+        one of its root (``copy_versions``)."""
+        if self._prepared_dir is not None:
+            return self._prepared_dir
+        versions = copy_versions(self.base_prepared_dir)
+        return versions[-1] if versions else self.base_prepared_dir
 
     @property
     def is_synthetic(self) -> bool:
@@ -311,15 +337,33 @@ class SegmentationDataModule(pl.LightningDataModule):
         prepared again when outdated: all that the split and evaluation need, no cache."""
         if not self.root.exists():
             self._generate_synthetic()
-        with locked(self.prepared_dir):
-            outdated = why_outdated(self.root, self.prepared_dir, self.reader)
+        base = self.base_prepared_dir
+        if self._hold is not None:  # our own hold must not count as another process's
+            self._hold.close()
+            self._hold = None
+        with locked(base):
+            current = self.prepared_dir if self._prepared_dir is None else self._prepared_dir
+            outdated = why_outdated(self.root, current, self.reader)
             if outdated is not None:
-                exists = self.prepared_dir.exists()
-                if exists:
-                    log.warning("%s: %s; re-preparing %s", self.root, outdated, self.prepared_dir)
+                exists = current.exists()
+                if exists and in_use_elsewhere(current):
+                    # A running process reads it (its cache too): new content goes beside it.
+                    current = next_version(base)
+                    log.warning(
+                        "%s: %s; the prepared copy is in use: preparing %s",
+                        self.root,
+                        outdated,
+                        current,
+                    )
+                    exists = False
+                elif exists:
+                    log.warning("%s: %s; re-preparing %s", self.root, outdated, current)
                 else:
-                    log.info("preparing %s into %s", self.root, self.prepared_dir)
-                self.reader.prepare(self.root, self.prepared_dir, overwrite=exists)
+                    log.info("preparing %s into %s", self.root, current)
+                self.reader.prepare(self.root, current, overwrite=exists)
+            remove_unused_versions(base, keep=current)
+            self._prepared_dir = current
+            self._hold = hold_copy(current)
 
     def _generate_synthetic(self) -> None:
         if not self.is_synthetic:

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +32,11 @@ import cv2
 import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
+
+try:  # shared locks say which prepared copies are in use (POSIX; elsewhere none are seen)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 from src.data.classes import ClassSet
 from src.data.images import read_image
@@ -109,6 +115,64 @@ def remove_stale_staging(target: Path) -> list[Path]:
             shutil.rmtree(folder, ignore_errors=True)
             log.warning("removed %s, left by a build that ended midway (process %s)", folder, owner)
             removed.append(folder)
+    return removed
+
+
+IN_USE = ".in-use"  # in a prepared copy: the file its users hold a shared lock on
+
+
+def copy_versions(base: Path) -> list[Path]:
+    """The prepared copies of one root, oldest first: ``base``, then ``base.v2``, ``base.v3``
+    ... (a new version is written when the root changed while a process used the copy)."""
+    pattern = re.compile(rf"{re.escape(base.name)}\.v(\d+)")
+    numbered = [
+        (int(m.group(1)), p)
+        for p in base.parent.glob(f"{base.name}.v*")
+        if (m := pattern.fullmatch(p.name)) and p.is_dir()
+    ]
+    return ([base] if base.is_dir() else []) + [p for _, p in sorted(numbered)]
+
+
+def next_version(base: Path) -> Path:
+    versions = copy_versions(base)
+    numbers = [int(p.name.rsplit(".v", 1)[1]) for p in versions if p != base]
+    return base.with_name(f"{base.name}.v{max(numbers, default=1) + 1}")
+
+
+def hold_copy(prepared_dir: Path):
+    """A shared lock on the prepared copy for as long as the returned handle is open: another
+    process that finds the root changed then writes a new version instead of replacing it
+    (``in_use_elsewhere``). None where locks are unavailable."""
+    if fcntl is None or not Path(prepared_dir).is_dir():
+        return None
+    handle = open(Path(prepared_dir) / IN_USE, "a")  # noqa: SIM115 (kept open: the hold)
+    fcntl.flock(handle, fcntl.LOCK_SH)
+    return handle
+
+
+def in_use_elsewhere(prepared_dir: Path) -> bool:
+    """Whether a process (other than through this call) holds the copy: no exclusive lock."""
+    path = Path(prepared_dir) / IN_USE
+    if fcntl is None or not path.is_file():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def remove_unused_versions(base: Path, keep: Path) -> list[Path]:
+    """Remove the prepared copies of ``base`` other than ``keep`` that no process holds,
+    saying so; a copy in use stays until a later prepare finds it free."""
+    removed = []
+    for version in copy_versions(base):
+        if version != keep and not in_use_elsewhere(version):
+            shutil.rmtree(version, ignore_errors=True)
+            log.info("removed %s: an older prepared copy no process uses", version)
+            removed.append(version)
     return removed
 
 

@@ -483,3 +483,62 @@ def test_the_default_config_generates_its_phantom_through_the_configured_generat
     ready(dm)
     heads = (tmp_path / "phantom" / "phantom_truth" / "heads.csv").read_text().splitlines()
     assert len(heads) - 1 == sum(len(dm.splits[s]) for s in ("train", "val", "test"))
+
+
+_PREPARE_IN_ANOTHER_PROCESS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from test_datamodule import fetal_head_data
+dm = fetal_head_data(root=Path(sys.argv[1]), cache_dir=Path(sys.argv[2]), image_size=(32, 24),
+                     batch_size=2, n_folds=3, fold=0, seed=0)
+dm.prepare_record()
+print(dm.prepared_dir)
+"""
+
+
+def test_a_copy_in_use_is_not_replaced_when_its_root_changes(tmp_path, caplog):
+    """Run A uses the prepared copy (and its cache); the root changes; another process
+    re-prepares: the new content goes to a new version beside it, A's copy stays and A still
+    reads its test batches; once nothing holds the old copy, the next prepare removes it."""
+    import subprocess
+    import sys
+
+    root = write_phantom_record(tmp_path / "raw", n_subjects=9, size=(64, 48), seed=0)
+    cache = tmp_path / "prepared"
+    args = dict(root=root, cache_dir=cache, image_size=(32, 24), batch_size=2)
+    run_a = ready(fetal_head_data(**args, n_folds=3, fold=0, seed=0))
+    first = run_a.prepared_dir
+    (root / "late_note.txt").write_text("a file added to the record")  # the root changed
+
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PREPARE_IN_ANOTHER_PROCESS,
+            str(root),
+            str(cache),
+            str(Path(__file__).parent),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert other.returncode == 0, other.stderr[-2000:]
+    second = Path(other.stdout.strip().splitlines()[-1])
+    assert second == first.with_name(f"{first.name}.v2")
+    assert "in use" in other.stderr
+    assert (first / "index.csv").is_file()
+    run_a.setup("test")
+    assert sum(len(batch["image"]) for batch in run_a.test_dataloader()) > 0
+
+    del run_a  # A ended: nothing holds the old copy
+    import gc
+
+    gc.collect()
+    with caplog.at_level(logging.INFO):
+        later = fetal_head_data(**args, n_folds=3, fold=0, seed=0)
+        later.prepare_record()
+    assert later.prepared_dir == second and not first.exists()
+    assert f"removed {first}" in caplog.text
